@@ -126,6 +126,7 @@ def test_model_card(exported, version_dir, tiny_npz):
     assert 0 <= m["cnn_softmax"]["accuracy"] <= 1
     assert card["training"]["epochs_done"] == 3 and card["training"]["train_seconds"] == 12.5
     assert card["training"]["hardware"] == [{"machine": "test-cpu", "cpu_count": 2}]
+    assert card["training"]["total_epochs"] == 3 and card["training"]["init_from"] is None
     assert card["hyperparameters"]["batch_size"] == 16
     assert {"tensorflow", "keras", "scikit-learn"} <= set(card["libraries"])
     assert card["timings_s"]["export_total"] > 0
@@ -139,3 +140,14 @@ def test_versions_are_immutable_and_numbered(exported, keras_checkpoint, tiny_np
     with pytest.raises(FileExistsError):
         export(keras_checkpoint, tiny_npz, models, "fer_vgg16", version=1, log=lambda *_: None)
     assert [p.name for p in (models / "fer_vgg16").iterdir()] == ["1"]
+
+
+def test_model_card_totals_span_the_runs_the_weights_came_from():
+    """A continued run's card counts the epochs and seconds of the run it started from."""
+    from moodtunes_fer.export import _lineage_total
+
+    state = {"epochs_done": 28, "train_seconds": 4800.0,
+             "init_from": {"path": "models/fer_vgg16/1", "epochs_done": 30, "train_seconds": 4516.7}}
+    assert _lineage_total(state, "epochs_done") == 58
+    assert _lineage_total(state, "train_seconds") == 9316.7
+    assert _lineage_total({"epochs_done": 3}, "epochs_done") == 3

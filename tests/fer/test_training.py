@@ -22,3 +22,39 @@ def test_training_smoke_run_writes_checkpoints_and_state(tmp_path, tiny_npz):
 
     model = keras.models.load_model(out / "best.keras", compile=False)
     assert model.output_shape == (None, 5)
+
+
+def test_initial_weights_from_an_export_match_the_served_model(exported):
+    """A continued run starts from the served weights exactly, and records what they cost."""
+    import numpy as np
+    import tensorflow as tf
+
+    from moodtunes_fer.model import build_vgg16
+
+    models_dir, card = exported
+    version = models_dir / "fer_vgg16" / str(card["model_version"])
+    model = build_vgg16()
+    fer_train.load_initial_weights(model, version)
+
+    x = np.random.default_rng(3).uniform(0, 255, (3, 48, 48, 1)).astype(np.float32)
+    served = tf.saved_model.load(str(version)).signatures["serving_default"](image=tf.constant(x))
+    mirrored = (model.predict(x, verbose=0) + model.predict(x[:, :, ::-1], verbose=0)) / 2
+    np.testing.assert_allclose(mirrored, served["probabilities"].numpy(), atol=1e-5)
+
+    summary = fer_train.init_from_summary(version)
+    assert summary["epochs_done"] == 3 and summary["train_seconds"] == 12.5
+
+
+def test_initial_weights_from_a_keras_checkpoint(keras_checkpoint):
+    import numpy as np
+
+    import keras
+
+    from moodtunes_fer.model import build_vgg16
+
+    model = build_vgg16()
+    fer_train.load_initial_weights(model, keras_checkpoint)
+    saved = keras.models.load_model(keras_checkpoint, compile=False)
+    for mine, theirs in zip(model.get_weights(), saved.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+    assert fer_train.init_from_summary(keras_checkpoint)["best_val_accuracy"] == 0.4

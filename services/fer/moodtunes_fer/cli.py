@@ -59,13 +59,16 @@ def train(
     batch_size: Annotated[int, typer.Option()] = 64,
     limit: Annotated[Optional[int], typer.Option(help="use only N images per split")] = None,
     seed: Annotated[int, typer.Option()] = 1337,
+    peak_lr: Annotated[float, typer.Option(help="SGD peak learning rate (cosine schedule)")] = 0.01,
+    init_from: Annotated[Optional[Path], typer.Option(
+        help="start from these weights: a .keras checkpoint or an exported version folder")] = None,
 ):
     """Train (or resume) the VGG16-layout CNN; writes best.keras, last.keras, history, state."""
     _quiet_tf()
     from moodtunes_fer import train as fer_train
 
     state = fer_train.train(data, out, epochs=epochs, batch_size=batch_size, seed=seed,
-                            limit=limit)
+                            limit=limit, peak_lr=peak_lr, init_from=init_from)
     typer.echo(json.dumps(state, indent=2))
 
 

@@ -76,6 +76,15 @@ def write_saved_model(model, path: str | os.PathLike, tta: bool = True) -> Path:
     return Path(path)
 
 
+def _lineage_total(state: dict, key: str):
+    """Sum of `key` over a run and the runs its initial weights came from (see train.init_from)."""
+    total, node = 0.0, state
+    while node:
+        total += float(node.get(key) or 0)
+        node = node.get("init_from")
+    return round(total, 1) if key == "train_seconds" else int(total)
+
+
 def next_version(models_dir: str | os.PathLike, model_name: str) -> int:
     found = inference.versions(models_dir, model_name)
     return found[-1] + 1 if found else 1
@@ -258,6 +267,9 @@ def export(
                     "epochs_done", "train_seconds", "best_val_accuracy", "best_epoch",
                     "finished", "last_epoch_images_per_s", "data_report")},
                 "hardware": [seg.get("hardware") for seg in state.get("segments", [])],
+                "init_from": state.get("init_from"),
+                "total_epochs": _lineage_total(state, "epochs_done"),
+                "total_train_seconds": _lineage_total(state, "train_seconds"),
             },
             "libraries": library_versions(),
             "timings_s": {"feature_extraction": round(feature_seconds, 2),

@@ -87,6 +87,40 @@ def hardware() -> dict:
     return info
 
 
+def load_initial_weights(model, source: str | os.PathLike) -> None:
+    """Copies weights from a .keras checkpoint or an exported TF Serving version folder."""
+    import keras
+    import tensorflow as tf
+
+    source = Path(source)
+    if source.is_dir():
+        from moodtunes_fer.export import serving_module
+
+        # the export's tf.Module wraps the same layers, so its variable checkpoint maps one to one
+        status = tf.train.Checkpoint(serving_module(model)).read(
+            str(source / "variables" / "variables"))
+        status.assert_existing_objects_matched()
+    else:
+        model.set_weights(keras.models.load_model(source, compile=False).get_weights())
+
+
+def init_from_summary(source: str | os.PathLike) -> dict:
+    """What the starting weights cost: their run's epochs and seconds, for the model card."""
+    source = Path(source)
+    summary: dict = {"path": str(source)}
+    card, state = source / "model_card.json", source.parent / "train_state.json"
+    if card.is_file():
+        training = json.loads(card.read_text()).get("training", {})
+    elif state.is_file():
+        training = json.loads(state.read_text())
+    else:
+        return summary
+    for key in ("epochs_done", "train_seconds", "best_val_accuracy", "init_from"):
+        if training.get(key) is not None:
+            summary[key] = training[key]
+    return summary
+
+
 def train(
     data_path: str | None = None,
     out_dir: str | os.PathLike = "runs/fer_vgg16",
@@ -97,8 +131,13 @@ def train(
     limit: int | None = None,
     verbose: int = 2,
     jit_compile: bool | str = "auto",
+    init_from: str | os.PathLike | None = None,
 ) -> dict:
-    """Trains (or resumes) a run in `out_dir`; returns its state (epochs done, time, best val)."""
+    """Trains (or resumes) a run in `out_dir`; returns its state (epochs done, time, best val).
+
+    `init_from` starts from earlier weights (a .keras checkpoint or an exported version folder):
+    a second cosine cycle continues a finished run (SGDR-style warm restart).
+    """
     import keras
 
     out = Path(out_dir)
@@ -124,6 +163,8 @@ def train(
         initial_learning_rate=peak_lr / 10, decay_steps=max(1, epochs * steps_per_epoch - warmup),
         warmup_target=peak_lr, warmup_steps=warmup, alpha=0.0)
     model = build_vgg16(num_classes=n_classes)
+    if init_from:
+        load_initial_weights(model, init_from)
     model.compile(
         optimizer=keras.optimizers.SGD(schedule, momentum=MOMENTUM, nesterov=True,
                                        weight_decay=WEIGHT_DECAY),
@@ -146,6 +187,8 @@ def train(
                             "shift": SHIFT, "zoom": ZOOM, "warmup_epochs": WARMUP_EPOCHS},
         "train_images": int(len(train_split.x)), "val_images": int(len(val_split.x)),
     })
+    if init_from:
+        state["init_from"] = init_from_summary(init_from)
     state["segments"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "hardware": hardware()})
 
     class StateLogger(keras.callbacks.Callback):

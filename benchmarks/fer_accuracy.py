@@ -1,0 +1,107 @@
+"""Accuracy of the deployed FER pipeline against issue 3's targets, in process and over gRPC.
+
+Runs `moodtunes_fer.evaluate` (the served preprocessing, CNN, PCA and classifier) on a labelled
+split, once loading the SavedModel here and once through a model server it starts on loopback
+(or the one given by --server), checks that both routes predict the same labels, and scores the
+targets: accuracy >= 0.70 (goal 0.75) and every class's recall >= 0.45.
+
+    python benchmarks/fer_accuracy.py [--data FILE.npz] [--split val] [--no-grpc] [--strict]
+
+Writes reports/bench_fer_accuracy.json. Exit status 0 unless --strict and a target is missed
+(or the two routes disagree, which is always an error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+TARGET_ACCURACY = 0.70
+GOAL_ACCURACY = 0.75
+MIN_CLASS_RECALL = 0.45
+PUBLISHED_ACCURACY = 0.635  # the paper's SVM head, AffectNet, 5 classes
+OUT = "reports/bench_fer_accuracy.json"
+
+
+def targets(result: dict) -> dict:
+    worst_class, worst_recall = min(result["per_class_recall"].items(), key=lambda kv: kv[1])
+    return {
+        "accuracy_at_least_0.70": result["accuracy"] >= TARGET_ACCURACY,
+        "accuracy_goal_0.75": result["accuracy"] >= GOAL_ACCURACY,
+        "every_class_recall_at_least_0.45": worst_recall >= MIN_CLASS_RECALL,
+        "beats_published_0.635": result["accuracy"] > PUBLISHED_ACCURACY,
+        "worst_class": worst_class,
+        "worst_recall": worst_recall,
+    }
+
+
+def main() -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", help="npz in the shared format (default: $MOODTUNES_FER_DATA)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--models-dir", default="models")
+    p.add_argument("--model-name", default="fer_vgg16")
+    p.add_argument("--server", help="HOST:PORT of a running model server (default: start one)")
+    p.add_argument("--no-grpc", action="store_true", help="in process only")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument("--out", default=OUT)
+    args = p.parse_args()
+
+    from moodtunes_fer.evaluate import evaluate, format_report
+
+    def run(server: str | None) -> tuple[dict, float]:
+        t0 = time.perf_counter()
+        result = evaluate(args.data, args.split, args.models_dir, args.model_name,
+                          server=server, return_predictions=True, timeout_s=120.0)
+        return result, time.perf_counter() - t0
+
+    results = {}
+    results["in_process"], seconds = run(None)
+    print(format_report(results["in_process"]))
+    print(f"(in process: {seconds:.1f} s)\n", flush=True)
+    if not args.no_grpc:
+        with contextlib.ExitStack() as stack:
+            address = args.server
+            if address is None:
+                from moodtunes_model_server.testing import running_model_server
+
+                address = stack.enter_context(running_model_server(args.models_dir,
+                                                                   args.model_name))
+            results["grpc"], seconds = run(address)
+        print(f"gRPC route via {address}: accuracy {results['grpc']['accuracy']:.4f} "
+              f"({seconds:.1f} s)")
+
+    predictions = {route: r.pop("predictions") for route, r in results.items()}
+    routes_agree = None
+    if "grpc" in predictions:
+        routes_agree = predictions["grpc"] == predictions["in_process"]
+        print(f"in-process and gRPC predictions identical: {routes_agree}")
+    checks = targets(results["in_process"])
+    report = {"results": results, "routes_agree": routes_agree, "targets": checks,
+              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+
+    r = results["in_process"]
+    print(f"\nmodel {r['model_name']} v{r['model_version']} on {r['split']}: accuracy "
+          f"{r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}")
+    for name, ok in checks.items():
+        if isinstance(ok, bool):
+            print(f"  {'MET ' if ok else 'MISS'} {name}")
+    print(f"  worst class: {checks['worst_class']} (recall {checks['worst_recall']:.3f})")
+    print(f"written {out}")
+    if routes_agree is False:
+        return 2
+    missed = not (checks["accuracy_at_least_0.70"] and checks["every_class_recall_at_least_0.45"])
+    return 1 if args.strict and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
