@@ -1,3 +1,4 @@
+import csv
 import json
 import subprocess
 import sys
@@ -67,3 +68,21 @@ def test_export_options_reach_the_model_card(tmp_path, keras_checkpoint, tiny_np
     assert card["data"]["head_fit_images"] == 40
     assert card["data"]["head_fit_class_counts"] == [8, 8, 8, 8, 8]  # stratified subset
     assert (tmp_path / "fer_vgg16" / "4" / "head" / "head.joblib").is_file()
+
+
+def test_plot_history_of_a_continued_run_numbers_epochs_on(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for run, accs in ((first, (0.3, 0.4)), (second, (0.35, 0.45, 0.5))):
+        run.mkdir()
+        (run / "history.csv").write_text("epoch,accuracy,loss,val_accuracy,val_loss\n" + "".join(
+            f"{i},{a},1.0,{a},1.0\n" for i, a in enumerate(accs)))
+    combined = tmp_path / "all.csv"
+    result = runner.invoke(app, ["plot-history", "--run", str(first), "--run", str(second),
+                                 "--out", str(tmp_path / "all.png"), "--csv-out", str(combined)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "all.png").stat().st_size > 1000
+    with open(combined) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2", "3", "4"]
+    assert [r["val_accuracy"] for r in rows] == ["0.3", "0.4", "0.35", "0.45", "0.5"]
+    assert rows[2]["run"].endswith("second/history.csv")

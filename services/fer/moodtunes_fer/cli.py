@@ -164,19 +164,33 @@ def experiment(
 
 @app.command("plot-history")
 def plot_history(
-    run: Annotated[Path, typer.Option(help="run dir holding history.csv")] = Path(
-        "runs/fer_vgg16"),
+    run: Annotated[list[Path], typer.Option(
+        help="run dir holding history.csv; repeat for runs that continue each other, in order")
+    ] = [Path("runs/fer_vgg16")],  # noqa: B006 - typer reads the default, never mutates it
     out: Annotated[Optional[Path], typer.Option(help="PNG path (default: <run>/history.png)")] = None,
+    csv_out: Annotated[Optional[Path], typer.Option(
+        help="also write the runs' logs as one CSV, epochs numbered on")] = None,
 ):
-    """Redraw the loss/accuracy curves of a training run."""
-    from moodtunes_fer.train import plot_history as draw
+    """Redraw the loss/accuracy curves of a training run (or of a run and its continuations)."""
+    import csv
 
-    csv_path = run / "history.csv"
-    if not csv_path.is_file():
-        typer.echo(f"no history.csv in {run}", err=True)
+    from moodtunes_fer.train import plot_history as draw
+    from moodtunes_fer.train import read_history
+
+    csv_paths = [r / "history.csv" for r in run]
+    missing = [str(p) for p in csv_paths if not p.is_file()]
+    if missing:
+        typer.echo(f"no history.csv: {', '.join(missing)}", err=True)
         raise typer.Exit(1)
-    png = out or run / "history.png"
-    draw(csv_path, png)
+    png = out or run[-1] / "history.png"
+    draw(csv_paths, png)
+    if csv_out:
+        rows = read_history(csv_paths)
+        with open(csv_out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        typer.echo(str(csv_out))
     typer.echo(str(png))
 
 

@@ -224,25 +224,39 @@ def train(
     return state
 
 
-def plot_history(csv_path: Path, png_path: Path) -> None:
-    """Loss and accuracy curves from the CSV log (matplotlib, headless)."""
+def read_history(csv_paths) -> list[dict]:
+    """CSV log rows of one run, or of runs that continue each other (epochs numbered on)."""
     import csv
 
+    rows: list[dict] = []
+    for csv_path in [csv_paths] if isinstance(csv_paths, (str, Path)) else csv_paths:
+        if not Path(csv_path).exists():
+            continue
+        with open(csv_path) as f:
+            run = [r for r in csv.DictReader(f) if r.get("epoch", "").strip().isdigit()]
+        offset = len(rows)
+        rows += [{**r, "epoch": str(offset + i), "run": str(csv_path)} for i, r in enumerate(run)]
+    return rows
+
+
+def plot_history(csv_paths, png_path: Path) -> None:
+    """Loss and accuracy curves from the CSV log(s) (matplotlib, headless); a dotted line marks
+    where a continued run restarted its learning-rate schedule."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not csv_path.exists():
-        return
-    with open(csv_path) as f:
-        rows = [r for r in csv.DictReader(f) if r.get("epoch", "").strip().isdigit()]
+    rows = read_history(csv_paths)
     if not rows:
         return
     ep = [int(r["epoch"]) + 1 for r in rows]
+    restarts = [ep[i] - 0.5 for i in range(1, len(rows)) if rows[i]["run"] != rows[i - 1]["run"]]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for key, ax in (("loss", ax1), ("accuracy", ax2)):
         ax.plot(ep, [float(r[key]) for r in rows], label=f"train {key}")
         ax.plot(ep, [float(r[f"val_{key}"]) for r in rows], label=f"val {key}")
+        for x in restarts:
+            ax.axvline(x, color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.grid(alpha=0.3)
