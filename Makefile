@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-PROJECTS := packages/moodtunes-common/pyproject.toml services/*/pyproject.toml
+PROJECTS := packages/*/pyproject.toml services/*/pyproject.toml training/*/pyproject.toml
 
 .PHONY: up down test install proto lock clean-var
 
@@ -11,8 +11,8 @@ $(STAMP): constraints.txt requirements-dev.txt $(PROJECTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -r requirements-dev.txt \
-	  -e 'packages/moodtunes-common[local]' -e services/gateway -e services/recommender \
-	  -e services/fer -e services/model_server
+	  -e packages/moodtunes-common -e services/gateway -e services/recommender \
+	  -e services/fer -e services/model_server -e training/fer -e 'packages/moodtunes-cli[training]'
 	# tensorflow-serving-api pins full `tensorflow`; its protos only need tensorflow-cpu beside it
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt tensorflow-serving-api
 	touch $@

@@ -1,6 +1,6 @@
 """Accuracy of the deployed FER pipeline against issue 3's targets, in process and over gRPC.
 
-Runs `moodtunes_fer.evaluate` (the served preprocessing, CNN, PCA and classifier) on a labelled
+Runs `moodtunes_fer_training.evaluate` (the served preprocessing, CNN, PCA and classifier) on a labelled
 split, once loading the SavedModel here and once through a model server it starts on loopback
 (or the one given by --server), checks that both routes predict the same labels, and scores the
 targets: accuracy >= 0.70 (goal 0.75) and every class's recall >= 0.45.
@@ -53,7 +53,7 @@ def main() -> int:
     p.add_argument("--out", default=OUT)
     args = p.parse_args()
 
-    from moodtunes_fer.evaluate import evaluate, format_report
+    from moodtunes_fer_training.evaluate import evaluate, format_report
 
     def run(server: str | None) -> tuple[dict, float]:
         t0 = time.perf_counter()

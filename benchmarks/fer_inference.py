@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moodtunes_fer_training.in_process import InProcessBackend, version_of
+
 BATCH_SIZES = (1, 32)
 WARMUP_CALLS = 3
 MIN_TIMED_CALLS = 5
@@ -56,13 +58,13 @@ def main() -> None:
     import tensorflow as tf
 
     from moodtunes_fer import inference
-    from moodtunes_fer.train import hardware
+    from moodtunes_fer_training.train import hardware
 
     vdir = inference.version_dir(args.models_dir, args.model_name, args.version)
     card_path = vdir / inference.MODEL_CARD
     tta = json.loads(card_path.read_text()).get("tta") if card_path.is_file() else None
     rng = np.random.default_rng(SEED)
-    routes = {"in_process": inference.InProcessBackend(vdir, batch_size=max(args.batch_sizes))}
+    routes = {"in_process": InProcessBackend(vdir, batch_size=max(args.batch_sizes))}
     if args.server:
         routes["grpc"] = inference.GrpcBackend(args.server, args.model_name, version=args.version,
                                                batch_size=max(args.batch_sizes), timeout_s=60.0)
@@ -76,7 +78,7 @@ def main() -> None:
                   f"(median {row['median_ms_per_call']} ms/call, p90 {row['p90_ms_per_call']} ms)",
                   flush=True)
 
-    result = {"model": args.model_name, "version": inference.version_of(vdir), "tta": tta,
+    result = {"model": args.model_name, "version": version_of(vdir), "tta": tta,
               "note": "with tta every image is run twice (image + mirror)",
               "results": rows, "hardware": hardware(), "tensorflow": tf.__version__,
               "python": platform.python_version(),

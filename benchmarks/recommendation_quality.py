@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moodtunes_fer_training.in_process import InProcessBackend
+
 from moodtunes.config import REPO_ROOT, get_settings
 
 EMOTIONS = ["neutral", "happy", "sad", "fear", "angry"]
@@ -32,13 +34,13 @@ SEED = 11
 def emotion_vectors(n: int, data: str | None) -> tuple[np.ndarray, str]:
     """The deployed pipeline's probabilities on validation faces; Dirichlet draws if no data/model."""
     try:
-        from moodtunes_fer import data as fer_data
+        from moodtunes_fer_training import data as fer_data
         from moodtunes_fer import inference
 
         models = get_settings().models_dir
         split = fer_data.load_split(fer_data.resolve_data_path(data), "val")
         pipe = inference.FerPipeline(
-            inference.InProcessBackend(inference.version_dir(models, "fer_vgg16")),
+            InProcessBackend(inference.version_dir(models, "fer_vgg16")),
             inference.load_head_for_version(models, "fer_vgg16"))
         idx = np.random.default_rng(SEED).permutation(len(split.x))[:n]
         return np.asarray(pipe.predict_proba(split.x[idx])), "fer_validation_outputs"
@@ -66,7 +68,7 @@ def main() -> None:
     pg = None
     url = a.database_url
     if not url:
-        from moodtunes.localstack import Postgres, free_port
+        from moodtunes_cli.localstack import Postgres, free_port
 
         pg = Postgres(REPO_ROOT / ".var" / "quality-postgres", free_port()).start()
         url = pg.url

@@ -122,7 +122,7 @@ def main() -> None:
     pg = None
     url = a.database_url
     if not url:
-        from moodtunes.localstack import Postgres, free_port
+        from moodtunes_cli.localstack import Postgres, free_port
 
         pg = Postgres(REPO_ROOT / ".var" / "bench-postgres", free_port()).start()
         url = pg.url

@@ -31,7 +31,7 @@ def servers_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def postgres(servers_root):
-    from moodtunes.localstack import Postgres, free_port
+    from moodtunes_cli.localstack import Postgres, free_port
 
     pg = Postgres(servers_root / "postgres", free_port()).start()
     yield pg
@@ -43,7 +43,7 @@ def postgres(servers_root):
 
 @pytest.fixture(scope="session")
 def redis_server(servers_root):
-    from moodtunes.localstack import Redis, free_port
+    from moodtunes_cli.localstack import Redis, free_port
 
     r = Redis(servers_root / "redis", free_port()).start()
     yield r

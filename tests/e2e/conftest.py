@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from moodtunes.config import REPO_ROOT
-from moodtunes.localstack import free_port, service_processes, wait_ready
+from moodtunes_cli.localstack import free_port, service_processes, wait_ready
 
 MODELS_DIR = REPO_ROOT / "models"
 

@@ -96,13 +96,13 @@ def test_photo_without_a_face_fails_with_no_face(stack):
 def test_cli_submit_waits_and_prints_the_result(stack, tmp_path, face_jpeg):
     photo = tmp_path / "astronaut.jpg"
     photo.write_bytes(face_jpeg)
-    out = subprocess.run([sys.executable, "-m", "moodtunes.cli", "submit", str(photo), "--wait",
+    out = subprocess.run([sys.executable, "-m", "moodtunes_cli.cli", "submit", str(photo), "--wait",
                           "--limit", "3", "--url", stack["url"], "--json"],
                          capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
     job = json.loads(out.stdout)
     assert job["status"] == "done" and len(job["recommendation"]["tracks"]) == 3
-    text = subprocess.run([sys.executable, "-m", "moodtunes.cli", "submit", str(photo), "--wait",
+    text = subprocess.run([sys.executable, "-m", "moodtunes_cli.cli", "submit", str(photo), "--wait",
                            "--url", stack["url"]], capture_output=True, text=True, timeout=180)
     assert text.returncode == 0 and "mode match" in text.stdout and " 1. " in text.stdout
 

@@ -5,7 +5,7 @@ import pytest
 
 from moodtunes_fer.head import (HeadVersionError, build_head, load_head, proba_in_class_order,
                                 save_head)
-from moodtunes_fer.model import CLASS_NAMES
+from moodtunes_fer_training.model import CLASS_NAMES
 
 
 def blobs(n_per_class=20, dim=64, classes=range(5), seed=0):

@@ -1,28 +1,25 @@
 import numpy as np
 import pytest
 
-from moodtunes_fer.model import INPUT_SIZE
+from moodtunes_fer.signature import INPUT_SIZE
 from moodtunes_fer.preprocessing import to_model_input
 
 
-def test_dataset_sized_crops_pass_through_unchanged_without_blur():
+def test_dataset_sized_crops_pass_through_unchanged():
+    """Training feeds FER2013's 48x48 faces as they are; serving must feed a 48x48 crop the same."""
     crops = np.random.default_rng(0).integers(0, 256, (3, 48, 48), dtype=np.uint8)
-    x = to_model_input(crops, blur=False)
+    x = to_model_input(crops)
     assert x.shape == (3, INPUT_SIZE, INPUT_SIZE, 1) and x.dtype == np.float32
     np.testing.assert_array_equal(x[..., 0], crops.astype(np.float32))
 
 
-def test_inputs_get_the_training_splits_blur():
+def test_no_filtering_keeps_sharp_faces_sharp():
     import cv2
 
-    from moodtunes_fer.preprocessing import TRAINING_BLUR_SIGMA
-
-    crops = np.random.default_rng(0).integers(0, 256, (2, 48, 48), dtype=np.uint8)
-    x = to_model_input(crops)
-    expected = cv2.GaussianBlur(crops[1], (0, 0), TRAINING_BLUR_SIGMA, borderType=cv2.BORDER_REFLECT)
-    np.testing.assert_array_equal(x[1, ..., 0], expected)
-    sharpness = lambda img: cv2.Laplacian(img.astype(np.float64), cv2.CV_64F).var()  # noqa: E731
-    assert sharpness(x[0, ..., 0]) < sharpness(crops[0]) / 50
+    crop = np.random.default_rng(0).integers(0, 256, (96, 96), dtype=np.uint8)
+    x = to_model_input([crop])[0, ..., 0]
+    expected = cv2.resize(crop, (48, 48), interpolation=cv2.INTER_AREA).astype(np.float32)
+    np.testing.assert_array_equal(x, expected)
 
 
 def test_crops_of_any_size_are_resized_and_keep_their_range():

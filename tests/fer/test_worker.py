@@ -9,7 +9,7 @@ from PIL import Image
 from moodtunes import jobs
 from moodtunes.config import get_settings
 from moodtunes.events import FerJob, to_json
-from moodtunes.localstack import free_port
+from moodtunes_cli.localstack import free_port
 
 pytestmark = pytest.mark.integration
 

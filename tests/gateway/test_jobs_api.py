@@ -110,7 +110,7 @@ def test_unknown_job_is_404(client, job_id):
 
 def test_queue_down_fails_the_job_with_503_not_a_lost_job(client, face_jpeg, monkeypatch):
     from moodtunes import queue
-    from moodtunes.localstack import free_port
+    from moodtunes_cli.localstack import free_port
 
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     get_settings.cache_clear()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moodtunes_fer.model import CLASS_NAMES
+from moodtunes_fer.signature import CLASS_NAMES
 
 HEAD_FILE = "head.joblib"
 META_FILE = "head.json"

@@ -1,8 +1,9 @@
 """The deployed FER pipeline: crop -> to_model_input -> CNN (SavedModel) -> features -> head.
 
-The CNN runs behind a backend: in process (tf.saved_model.load) or over gRPC against TF Serving
-or the local model server. Both call the same `serving_default` signature of the same SavedModel,
-so their features, and therefore the head's predictions, agree.
+The CNN runs behind a backend: over gRPC against TF Serving or the local model server (here, in
+the worker), or in process (`moodtunes_fer_training.in_process`, for training-side evaluation).
+Both call the same `serving_default` signature of the same SavedModel, so their features, and
+therefore the head's predictions, agree.
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ from typing import Protocol
 import numpy as np
 
 from moodtunes_fer.head import Head, load_head
-from moodtunes_fer.model import CLASS_NAMES, FC1_UNITS, INPUT_CHANNELS, INPUT_SIZE
-
-SIGNATURE = "serving_default"
-INPUT_KEY = "image"
-FEATURES_KEY = "features"
-PROBABILITIES_KEY = "probabilities"
+from moodtunes_fer.signature import (
+    CLASS_NAMES,
+    FC1_UNITS,
+    FEATURES_KEY,
+    INPUT_CHANNELS,
+    INPUT_KEY,
+    INPUT_SIZE,
+    PROBABILITIES_KEY,
+    SIGNATURE,
+)
 HEAD_DIR = "head"
 MODEL_CARD = "model_card.json"
 BATCH_SIZE = 64
@@ -37,7 +42,7 @@ class FeatureBackend(Protocol):
         ...
 
 
-def _check_input(x: np.ndarray) -> np.ndarray:
+def check_input(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 4 or x.shape[1:] != (INPUT_SIZE, INPUT_SIZE, INPUT_CHANNELS):
         raise ValueError(f"expected float32 (N, {INPUT_SIZE}, {INPUT_SIZE}, {INPUT_CHANNELS}), "
@@ -45,9 +50,9 @@ def _check_input(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _batched(call, x: np.ndarray, batch_size: int):
+def batched(call, x: np.ndarray, batch_size: int):
     """Runs `call(batch) -> (features, probabilities, version)` over x; one version for all."""
-    x = _check_input(x)
+    x = check_input(x)
     if len(x) == 0:
         return (np.zeros((0, FC1_UNITS), np.float32),
                 np.zeros((0, len(CLASS_NAMES)), np.float32), None)
@@ -60,32 +65,6 @@ def _batched(call, x: np.ndarray, batch_size: int):
     if len(versions) > 1:  # the server swapped versions mid-request: features would be mixed
         raise HeadMismatchError(f"model versions changed during one request: {sorted(versions)}")
     return np.concatenate(feats), np.concatenate(probs), versions.pop()
-
-
-def version_of(path: str | os.PathLike) -> int | str:
-    name = Path(path).resolve().name
-    return int(name) if name.isdigit() else name
-
-
-class InProcessBackend:
-    """The SavedModel loaded into this process."""
-
-    def __init__(self, saved_model_version_dir: str | os.PathLike, batch_size: int = BATCH_SIZE):
-        import tensorflow as tf
-
-        self.path = Path(saved_model_version_dir)
-        self.version = version_of(self.path)
-        self.batch_size = batch_size
-        self._loaded = tf.saved_model.load(str(self.path))  # keep a reference: owns the variables
-        self._signature = self._loaded.signatures[SIGNATURE]
-        self._tf = tf
-
-    def _call(self, batch: np.ndarray):
-        out = self._signature(**{INPUT_KEY: self._tf.constant(batch)})
-        return out[FEATURES_KEY].numpy(), out[PROBABILITIES_KEY].numpy(), self.version
-
-    def features_and_probabilities(self, x: np.ndarray):
-        return _batched(self._call, x, self.batch_size)
 
 
 # Requests stay within the server's max_batch_size (deploy/tfserving/batching.config): TF Serving
@@ -112,7 +91,7 @@ class GrpcBackend:
                 int(result.model_version) if result.model_version is not None else None)
 
     def features_and_probabilities(self, x: np.ndarray):
-        return _batched(self._call, x, self.batch_size)
+        return batched(self._call, x, self.batch_size)
 
     def close(self) -> None:
         close = getattr(self.client, "close", None)

@@ -17,7 +17,7 @@ from moodtunes import jobs
 from moodtunes.config import get_settings
 from moodtunes.events import EmotionDetected, FerJob, ModelRef, from_json
 from moodtunes.queue import FER_TASK, enqueue_recommend, make_celery
-from moodtunes_fer.model import CLASS_NAMES
+from moodtunes_fer.signature import CLASS_NAMES
 
 log = logging.getLogger("moodtunes.fer")
 app = make_celery("moodtunes-fer")

@@ -34,11 +34,8 @@ def make_images(n_per_class: int, seed: int, size: int = 48, classes: int = 5):
 
 
 def write_npz(path, train_per_class=TRAIN_PER_CLASS, val_per_class=VAL_PER_CLASS, seed=0):
-    """Like the shared dataset: a blurred training split and a sharp validation split."""
-    from moodtunes_fer.preprocessing import match_training_blur
-
+    """Like the shared dataset: x_train/y_train, x_val/y_val, class_names."""
     x_train, y_train = make_images(train_per_class, seed)
-    x_train = np.stack([match_training_blur(img) for img in x_train])
     x_val, y_val = make_images(val_per_class, seed + 1)
     np.savez(path, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val,
              class_names=np.array(["neutral", "happy", "sad", "fear", "angry"]))
@@ -61,7 +58,7 @@ def keras_checkpoint(tmp_path_factory):
     """An untrained, seeded VGG16-layout model saved as .keras, with a fake train_state.json."""
     import keras
 
-    from moodtunes_fer.model import build_vgg16
+    from moodtunes_fer_training.model import build_vgg16
 
     run = tmp_path_factory.mktemp("fer_run")
     keras.utils.set_random_seed(7)
@@ -77,7 +74,7 @@ def keras_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory, keras_checkpoint, tiny_npz):
     """(models_dir, model card) of a TTA export of the untrained checkpoint."""
-    from moodtunes_fer.export import export
+    from moodtunes_fer_training.export import export
 
     models = tmp_path_factory.mktemp("fer_models")
     card = export(keras_checkpoint, tiny_npz, models, "fer_vgg16", tta=True,

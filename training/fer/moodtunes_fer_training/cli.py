@@ -65,7 +65,7 @@ def train(
 ):
     """Train (or resume) the VGG16-layout CNN; writes best.keras, last.keras, history, state."""
     _quiet_tf()
-    from moodtunes_fer import train as fer_train
+    from moodtunes_fer_training import train as fer_train
 
     state = fer_train.train(data, out, epochs=epochs, batch_size=batch_size, seed=seed,
                             limit=limit, peak_lr=peak_lr, init_from=init_from)
@@ -96,7 +96,7 @@ def export(
 ):
     """Export a checkpoint as <models-dir>/<model-name>/<version>/ with its head and model card."""
     _quiet_tf()
-    from moodtunes_fer.export import export as do_export
+    from moodtunes_fer_training.export import export as do_export
 
     card = do_export(checkpoint, data, models_dir, model_name, version, tta=tta,
                      head_kind=head.value, pca_components=pca or None, C=c, gamma=_gamma(gamma),
@@ -124,8 +124,8 @@ def evaluate(
 ):
     """Score the deployed pipeline (crop -> CNN features -> head) on a labelled split."""
     _quiet_tf()
-    from moodtunes_fer.evaluate import evaluate as do_evaluate
-    from moodtunes_fer.evaluate import format_report
+    from moodtunes_fer_training.evaluate import evaluate as do_evaluate
+    from moodtunes_fer_training.evaluate import format_report
 
     result = do_evaluate(data, split, models_dir, model_name, version, server=server,
                          batch_size=batch_size)
@@ -149,7 +149,7 @@ def experiment(
 ):
     """The paper's experiments: feature layer, PCA size, classifier. Writes reports/<name>.json/.png."""
     _quiet_tf()
-    from moodtunes_fer import experiments
+    from moodtunes_fer_training import experiments
 
     reports = experiments.run(name.value, checkpoint, data, reports_dir, cache_dir,
                               max_train=max_train, tta=tta, seed=seed, log=_log)
@@ -174,8 +174,8 @@ def plot_history(
     """Redraw the loss/accuracy curves of a training run (or of a run and its continuations)."""
     import csv
 
-    from moodtunes_fer.train import plot_history as draw
-    from moodtunes_fer.train import read_history
+    from moodtunes_fer_training.train import plot_history as draw
+    from moodtunes_fer_training.train import read_history
 
     csv_paths = [r / "history.csv" for r in run]
     missing = [str(p) for p in csv_paths if not p.is_file()]
@@ -194,7 +194,7 @@ def plot_history(
     typer.echo(str(png))
 
 
-def main() -> None:  # `python -m moodtunes_fer.cli`
+def main() -> None:  # `python -m moodtunes_fer_training.cli`
     app()
 
 

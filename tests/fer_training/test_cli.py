@@ -5,13 +5,13 @@ import sys
 
 from typer.testing import CliRunner
 
-from moodtunes_fer.cli import app
+from moodtunes_fer_training.cli import app
 
 runner = CliRunner()
 
 
 def test_importing_the_cli_stays_light():
-    code = ("import sys, moodtunes_fer.cli; "
+    code = ("import sys, moodtunes_fer_training.cli; "
             "heavy = [m for m in ('tensorflow', 'keras', 'sklearn', 'cv2') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)

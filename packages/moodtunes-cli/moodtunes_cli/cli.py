@@ -19,7 +19,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(catalogue_app, name="catalogue")
 app.add_typer(stack_app, name="stack")
 try:  # the FER service is optional in the gateway/recommender images
-    from moodtunes_fer.cli import app as fer_app
+    from moodtunes_fer_training.cli import app as fer_app
 
     app.add_typer(fer_app, name="fer")
 except ImportError:
@@ -130,7 +130,7 @@ def catalogue_load(
 @stack_app.command("up")
 def stack_up():
     """Start embedded Redis/PostgreSQL, the model server, both workers and the gateway."""
-    from moodtunes import localstack
+    from moodtunes_cli import localstack
 
     localstack.up()
 
@@ -138,7 +138,7 @@ def stack_up():
 @stack_app.command("down")
 def stack_down():
     """Stop everything `stack up` started (data is kept)."""
-    from moodtunes import localstack
+    from moodtunes_cli import localstack
 
     localstack.down()
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from moodtunes_fer.evaluate import classification_metrics, evaluate, format_report
-from moodtunes_fer.model import CLASS_NAMES
+from moodtunes_fer_training.evaluate import classification_metrics, evaluate, format_report
+from moodtunes_fer_training.model import CLASS_NAMES
 
 
 def test_classification_metrics_by_hand():
@@ -39,7 +39,8 @@ def test_evaluate_other_split_and_errors(exported, tiny_npz):
 
 
 def test_grpc_route_gives_identical_predictions(exported, tiny_npz, make_fer_images):
-    from moodtunes_fer.inference import GrpcBackend, InProcessBackend, version_dir
+    from moodtunes_fer.inference import GrpcBackend, version_dir
+    from moodtunes_fer_training.in_process import InProcessBackend
     from moodtunes_fer.preprocessing import to_model_input
 
     testing = pytest.importorskip("moodtunes_model_server.testing")

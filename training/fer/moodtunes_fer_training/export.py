@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from moodtunes_fer_training.in_process import InProcessBackend
 from moodtunes_fer import inference
 from moodtunes_fer.head import (PCA_COMPONENTS, SEED, SVM_C, SVM_GAMMA, Head, build_head,
                                save_head)
-from moodtunes_fer.preprocessing import TRAINING_BLUR_SIGMA
-from moodtunes_fer.model import (CLASS_NAMES, FC1_UNITS, INPUT_CHANNELS, INPUT_SIZE,
+from moodtunes_fer_training.model import (CLASS_NAMES, FC1_UNITS, INPUT_CHANNELS, INPUT_SIZE,
                                  SERVING_FEATURE_LAYER)
 
 MODEL_NAME = inference.DEFAULT_MODEL_NAME
@@ -42,7 +42,7 @@ def serving_module(model, tta: bool = True):
     """
     import tensorflow as tf
 
-    from moodtunes_fer.model import feature_extractor
+    from moodtunes_fer_training.model import feature_extractor
 
     extractor = feature_extractor(model, (SERVING_FEATURE_LAYER,))
 
@@ -116,7 +116,7 @@ def stratified_subset(x, y, n: int | None, seed: int):
 
 
 def _architecture(model) -> dict:
-    from moodtunes_fer.model import BLOCKS, FC2_UNITS
+    from moodtunes_fer_training.model import BLOCKS, FC2_UNITS
 
     return {
         "name": model.name, "layout": "VGG16 (13 conv in blocks 2-2-3-3-3, BN, max-pool; "
@@ -156,8 +156,8 @@ def export(
     """Writes `<models_dir>/<model_name>/<version>/` and returns its model card."""
     import keras
 
-    from moodtunes_fer import data as fer_data
-    from moodtunes_fer.evaluate import classification_metrics
+    from moodtunes_fer_training import data as fer_data
+    from moodtunes_fer_training.evaluate import classification_metrics
     from moodtunes_fer.head import head_params
 
     t_start = time.perf_counter()
@@ -175,7 +175,7 @@ def export(
     try:
         model = keras.models.load_model(checkpoint, compile=False)
         write_saved_model(model, staging, tta)
-        backend = inference.InProcessBackend(staging, batch_size=batch_size)
+        backend = InProcessBackend(staging, batch_size=batch_size)
         backend.version = version
 
         train = fer_data.clean_training_split(fer_data.load_split(data, "train"))
@@ -185,8 +185,7 @@ def export(
         t0 = time.perf_counter()
         from moodtunes_fer.preprocessing import to_model_input
 
-        # blur=False: the training split is blurred already (see preprocessing)
-        f_fit, _, _ = backend.features_and_probabilities(to_model_input(x_fit, blur=False))
+        f_fit, _, _ = backend.features_and_probabilities(to_model_input(x_fit))
         feature_seconds = time.perf_counter() - t0
 
         params = dict(C=C, gamma=gamma, k=k, max_depth=max_depth, probability=True)
@@ -243,10 +242,7 @@ def export(
                 "input": "uint8 greyscale face crop",
                 "resize": f"to {INPUT_SIZE}x{INPUT_SIZE}: cv2 INTER_AREA when shrinking, "
                           "INTER_LINEAR when enlarging",
-                "domain_matching": (
-                    f"every input from outside the training split gets a Gaussian blur of sigma "
-                    f"{TRAINING_BLUR_SIGMA} px at 48x48, the blur measured on the shared training "
-                    "split (which is blurred; validation images and photos are sharp)"),
+                "filtering": "none: training and serving both see the sharp 48x48 face",
                 "model_input": "float32 (N, 48, 48, 1) pixels 0..255; 1/255 rescaling is "
                                "inside the model",
                 "tta": "mean of image and horizontal flip" if tta else None,

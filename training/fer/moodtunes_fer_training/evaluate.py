@@ -10,7 +10,8 @@ import os
 
 import numpy as np
 
-from moodtunes_fer.model import CLASS_NAMES
+from moodtunes_fer_training.in_process import InProcessBackend
+from moodtunes_fer_training.model import CLASS_NAMES
 
 ROUTE_IN_PROCESS = "in_process"
 ROUTE_GRPC = "grpc"
@@ -49,7 +50,7 @@ def evaluate(
     In process (default) the version dir is loaded directly; with `server="host:port"` the CNN
     answers over gRPC and the head is picked by the version the server reports.
     """
-    from moodtunes_fer import data as fer_data
+    from moodtunes_fer_training import data as fer_data
     from moodtunes_fer import inference
 
     path = fer_data.resolve_data_path(data)
@@ -62,7 +63,7 @@ def evaluate(
         route = ROUTE_GRPC
     else:
         vdir = inference.version_dir(models_dir, model_name, version)
-        backend = inference.InProcessBackend(vdir, batch_size=batch_size)
+        backend = InProcessBackend(vdir, batch_size=batch_size)
         pipeline = inference.FerPipeline(backend, inference.load_head(vdir / inference.HEAD_DIR))
         route = ROUTE_IN_PROCESS
     try:

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from moodtunes_fer import experiments
-from moodtunes_fer.model import FEATURE_LAYERS
+from moodtunes_fer_training import experiments
+from moodtunes_fer_training.model import FEATURE_LAYERS
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def reports(tmp_path_factory, keras_checkpoint, tiny_npz):
 def test_features_are_cached_and_equal_keras_taps(reports, keras_checkpoint, tiny_npz):
     import keras
 
-    from moodtunes_fer.model import feature_extractor
+    from moodtunes_fer_training.model import feature_extractor
 
     base, _, logs = reports
     assert any("extracting" in line for line in logs)
@@ -32,7 +32,7 @@ def test_features_are_cached_and_equal_keras_taps(reports, keras_checkpoint, tin
     from moodtunes_fer.preprocessing import to_model_input
 
     with np.load(tiny_npz) as z:
-        x_val = to_model_input(z["x_val"])  # validation images get the training split's blur
+        x_val = to_model_input(z["x_val"])
     model = keras.models.load_model(keras_checkpoint, compile=False)
     truth = feature_extractor(model, FEATURE_LAYERS)(x_val, training=False)
     for layer in FEATURE_LAYERS:  # relu taps are derived from the cached pre-activations

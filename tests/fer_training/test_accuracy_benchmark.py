@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from moodtunes_fer import evaluate
+from moodtunes_fer_training import evaluate
 
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "fer_accuracy.py"
 

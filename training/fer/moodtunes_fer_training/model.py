@@ -14,14 +14,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import keras
 
-# keras is imported inside the builders: the worker and the gateway-side code read the constants
-# below without paying for TensorFlow.
+from moodtunes_fer.signature import CLASS_NAMES, FC1_UNITS, INPUT_CHANNELS, INPUT_SIZE
 
-CLASS_NAMES = ("neutral", "happy", "sad", "fear", "angry")
-INPUT_SIZE = 48  # FER2013's native size: upscaling to the paper's 64 adds 1.8x compute, no information
-INPUT_CHANNELS = 1  # FER2013 is greyscale; the paper's RGB copies would carry the same value thrice
+__all__ = ["CLASS_NAMES", "FC1_UNITS", "INPUT_CHANNELS", "INPUT_SIZE", "BLOCKS", "build_vgg16",
+           "feature_extractor"]
+
 BLOCKS = ((32, 2), (64, 2), (128, 3), (256, 3), (256, 3))
-FC1_UNITS = 1024
 FC2_UNITS = 512
 DROPOUT = 0.25
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from moodtunes_fer.head import PCA_COMPONENTS, SEED, build_head, head_params
-from moodtunes_fer.model import CLASS_NAMES, FEATURE_LAYERS, SERVING_FEATURE_LAYER
+from moodtunes_fer_training.model import CLASS_NAMES, FEATURE_LAYERS, SERVING_FEATURE_LAYER
 from moodtunes_fer.preprocessing import to_model_input
 
 EXPERIMENTS = ("layers", "pca", "classifiers")
@@ -65,7 +65,7 @@ def extract_features(checkpoint=CHECKPOINT, data_path=None, cache_dir=CACHE_DIR,
                      batch_size: int = BATCH_SIZE, log=print) -> dict[str, np.ndarray]:
     """{'<split>/<layer>': (N, D), '<split>/probabilities', 'y_<split>'} for train (cleaned,
     optionally subsampled) and val, from the cache when present."""
-    from moodtunes_fer import data as fer_data
+    from moodtunes_fer_training import data as fer_data
 
     data = fer_data.resolve_data_path(data_path)
     cache = feature_cache_path(checkpoint, data, cache_dir, max_train, tta, seed)
@@ -76,8 +76,8 @@ def extract_features(checkpoint=CHECKPOINT, data_path=None, cache_dir=CACHE_DIR,
     else:
         import keras
 
-        from moodtunes_fer.export import stratified_subset
-        from moodtunes_fer.model import feature_extractor
+        from moodtunes_fer_training.export import stratified_subset
+        from moodtunes_fer_training.model import feature_extractor
 
         model = keras.models.load_model(checkpoint, compile=False)
         extractor = feature_extractor(model, tuple(sorted(set(STORED_LAYERS.values()))))
@@ -88,7 +88,7 @@ def extract_features(checkpoint=CHECKPOINT, data_path=None, cache_dir=CACHE_DIR,
         for split, x in (("train", x_train), ("val", val.x)):
             log(f"extracting features of {len(x)} {split} images ...")
             t0 = time.perf_counter()
-            x = to_model_input(x, blur=split != "train")  # the training split is blurred already
+            x = to_model_input(x)
             out = extractor.predict(x, batch_size=batch_size, verbose=0)
             if tta:
                 flipped = extractor.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)
@@ -121,7 +121,7 @@ class Scorer:
 
     def score(self, layer: str = SERVING_FEATURE_LAYER, pca: int | None = PCA_COMPONENTS,
               kind: str = "svm", **params) -> dict:
-        from moodtunes_fer.evaluate import classification_metrics
+        from moodtunes_fer_training.evaluate import classification_metrics
 
         key = (layer, pca, kind, tuple(sorted(params.items())))
         if key in self.memo:

@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
+from moodtunes_fer_training.in_process import InProcessBackend
 from moodtunes_fer import inference
-from moodtunes_fer.model import CLASS_NAMES
+from moodtunes_fer_training.model import CLASS_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def keras_features(keras_checkpoint):
     """Keras' own fc1_relu/probabilities for an image batch, used as ground truth."""
     import keras
 
-    from moodtunes_fer.model import feature_extractor
+    from moodtunes_fer_training.model import feature_extractor
 
     extractor = feature_extractor(keras.models.load_model(keras_checkpoint, compile=False))
 
@@ -56,7 +57,7 @@ def test_signature_shapes(version_dir):
 def test_served_features_are_the_tta_mean_of_keras_features(version_dir, keras_features,
                                                            make_fer_images):
     x = make_fer_images(2, seed=5)[0][..., None].astype(np.float32)
-    feats, probs, version = inference.InProcessBackend(version_dir, batch_size=4) \
+    feats, probs, version = InProcessBackend(version_dir, batch_size=4) \
         .features_and_probabilities(x)
     plain_f, plain_p = keras_features(x)
     flip_f, flip_p = keras_features(x[:, :, ::-1])
@@ -70,12 +71,12 @@ def test_export_without_tta_serves_plain_features(tmp_path, keras_checkpoint, ke
                                                  make_fer_images):
     import keras
 
-    from moodtunes_fer.export import write_saved_model
+    from moodtunes_fer_training.export import write_saved_model
 
     write_saved_model(keras.models.load_model(keras_checkpoint, compile=False),
                       tmp_path / "7", tta=False)
     x = make_fer_images(1, seed=6)[0][..., None].astype(np.float32)
-    feats, probs, version = inference.InProcessBackend(tmp_path / "7") \
+    feats, probs, version = InProcessBackend(tmp_path / "7") \
         .features_and_probabilities(x)
     plain_f, plain_p = keras_features(x)
     assert version == 7
@@ -87,7 +88,7 @@ def test_pipeline_round_trip(exported, tiny_npz):
     models, card = exported
     head = inference.load_head_for_version(models, "fer_vgg16")
     assert head.meta["model_version"] == 1 and head.meta["feature_dim"] == 1024
-    backend = inference.InProcessBackend(inference.version_dir(models, "fer_vgg16"))
+    backend = InProcessBackend(inference.version_dir(models, "fer_vgg16"))
     with np.load(tiny_npz) as z:
         x_val, y_val = z["x_val"], z["y_val"]
     crops = [np.kron(c, np.ones((2, 2), np.uint8)) for c in x_val[:4]]  # 96x96 crops
@@ -105,7 +106,7 @@ def test_head_of_another_version_is_refused(exported, make_fer_images):
     models, _ = exported
     head = inference.load_head_for_version(models, "fer_vgg16", 1)
     head.meta["model_version"] = 2
-    backend = inference.InProcessBackend(inference.version_dir(models, "fer_vgg16", 1))
+    backend = InProcessBackend(inference.version_dir(models, "fer_vgg16", 1))
     with pytest.raises(inference.HeadMismatchError, match="version 2"):
         inference.FerPipeline(backend, head).predict(make_fer_images(1, seed=2)[0])
 
@@ -133,7 +134,7 @@ def test_model_card(exported, version_dir, tiny_npz):
 
 
 def test_versions_are_immutable_and_numbered(exported, keras_checkpoint, tiny_npz):
-    from moodtunes_fer.export import export, next_version
+    from moodtunes_fer_training.export import export, next_version
 
     models, _ = exported
     assert next_version(models, "fer_vgg16") == 2
@@ -144,7 +145,7 @@ def test_versions_are_immutable_and_numbered(exported, keras_checkpoint, tiny_np
 
 def test_model_card_totals_span_the_runs_the_weights_came_from():
     """A continued run's card counts the epochs and seconds of the run it started from."""
-    from moodtunes_fer.export import _lineage_total
+    from moodtunes_fer_training.export import _lineage_total
 
     state = {"epochs_done": 28, "train_seconds": 4800.0,
              "init_from": {"path": "models/fer_vgg16/1", "epochs_done": 30, "train_seconds": 4516.7}}

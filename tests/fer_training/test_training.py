@@ -1,7 +1,7 @@
 import csv
 import json
 
-from moodtunes_fer import train as fer_train
+from moodtunes_fer_training import train as fer_train
 
 
 def test_training_smoke_run_writes_checkpoints_and_state(tmp_path, tiny_npz):
@@ -29,7 +29,7 @@ def test_initial_weights_from_an_export_match_the_served_model(exported):
     import numpy as np
     import tensorflow as tf
 
-    from moodtunes_fer.model import build_vgg16
+    from moodtunes_fer_training.model import build_vgg16
 
     models_dir, card = exported
     version = models_dir / "fer_vgg16" / str(card["model_version"])
@@ -50,7 +50,7 @@ def test_initial_weights_from_a_keras_checkpoint(keras_checkpoint):
 
     import keras
 
-    from moodtunes_fer.model import build_vgg16
+    from moodtunes_fer_training.model import build_vgg16
 
     model = build_vgg16()
     fer_train.load_initial_weights(model, keras_checkpoint)

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moodtunes_fer import data as fer_data
-from moodtunes_fer.model import CLASS_NAMES, build_vgg16
-from moodtunes_fer.preprocessing import to_model_input
+from moodtunes_fer_training import data as fer_data
+from moodtunes_fer_training.model import CLASS_NAMES, build_vgg16
 
 SEED = 1337
 EPOCHS = 30
@@ -29,6 +28,8 @@ LABEL_SMOOTHING = 0.1
 ROTATION_DEG = 15  # paper: 20; FER2013 faces are already roughly aligned
 SHIFT = 0.1  # paper: 0.2, which pushes eyes or mouth out of these tight crops
 ZOOM = 0.1
+ERASE_PROB = 0.5  # random erasing (Zhong et al. 2017): one grey-noise box per image, 2-20% area
+ERASE_AREA = (0.02, 0.20)
 
 
 def augmenter():
@@ -42,6 +43,30 @@ def augmenter():
         layers.RandomZoom(ZOOM, fill_mode="reflect", seed=SEED + 3),
         layers.RandomContrast(0.2, seed=SEED + 4),
     ], name="augment")
+
+
+def random_erasing(images, prob: float = ERASE_PROB, area=ERASE_AREA, seed: int = SEED):
+    """Blanks one random rectangle per image with noise (batched, inside the tf.data graph), so
+    the network cannot lean on one region (a mouth, an eye) alone."""
+    import tensorflow as tf
+
+    shape = tf.shape(images)
+    n, h, w = shape[0], shape[1], shape[2]
+    hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
+    frac = tf.random.uniform([n], area[0], area[1])
+    aspect = tf.exp(tf.random.uniform([n], -1.0, 1.0))  # aspect ratio in [1/e, e]
+    eh = tf.clip_by_value(tf.sqrt(frac * aspect) * hf, 1.0, hf)
+    ew = tf.clip_by_value(tf.sqrt(frac / aspect) * wf, 1.0, wf)
+    top = tf.random.uniform([n]) * (hf - eh)
+    left = tf.random.uniform([n]) * (wf - ew)
+    rows = tf.cast(tf.range(h), tf.float32)[None, :, None]
+    cols = tf.cast(tf.range(w), tf.float32)[None, None, :]
+    inside = ((rows >= top[:, None, None]) & (rows < (top + eh)[:, None, None])
+              & (cols >= left[:, None, None]) & (cols < (left + ew)[:, None, None]))
+    apply = tf.random.uniform([n]) < prob
+    mask = tf.logical_and(inside, apply[:, None, None])[..., None]
+    noise = tf.random.uniform(tf.shape(images), 0.0, 255.0)
+    return tf.where(mask, noise, images)
 
 
 def class_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
@@ -61,8 +86,9 @@ def make_dataset(x, y, batch_size, num_classes, training, weights=None):
         ds = tf.data.Dataset.from_tensor_slices((x, onehot, sw))
         ds = ds.shuffle(len(x), seed=SEED, reshuffle_each_iteration=True)
         aug = augmenter()
-        ds = ds.batch(batch_size).map(lambda a, b, c: (aug(a, training=True), b, c),
-                                      num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size).map(
+            lambda a, b, c: (random_erasing(aug(a, training=True)), b, c),
+            num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = tf.data.Dataset.from_tensor_slices((x, onehot)).batch(batch_size)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -94,7 +120,7 @@ def load_initial_weights(model, source: str | os.PathLike) -> None:
 
     source = Path(source)
     if source.is_dir():
-        from moodtunes_fer.export import serving_module
+        from moodtunes_fer_training.export import serving_module
 
         # the export's tf.Module wraps the same layers, so its variable checkpoint maps one to one
         status = tf.train.Checkpoint(serving_module(model)).read(
@@ -153,9 +179,7 @@ def train(
     n_classes = len(CLASS_NAMES)
     weights = class_weights(train_split.y, n_classes)
     train_ds = make_dataset(train_split.x, train_split.y, batch_size, n_classes, True, weights)
-    # validation images are sharp: give them the training split's blur (see preprocessing)
-    val_x = to_model_input(val_split.x)[..., 0].astype(np.uint8)
-    val_ds = make_dataset(val_x, val_split.y, batch_size, n_classes, False)
+    val_ds = make_dataset(val_split.x, val_split.y, batch_size, n_classes, False)
 
     steps_per_epoch = int(np.ceil(len(train_split.x) / batch_size))
     warmup = WARMUP_EPOCHS * steps_per_epoch
@@ -184,7 +208,8 @@ def train(
         "class_weights": weights.round(4).tolist(),
         "hyperparameters": {"momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY,
                             "label_smoothing": LABEL_SMOOTHING, "rotation_deg": ROTATION_DEG,
-                            "shift": SHIFT, "zoom": ZOOM, "warmup_epochs": WARMUP_EPOCHS},
+                            "shift": SHIFT, "zoom": ZOOM, "warmup_epochs": WARMUP_EPOCHS,
+                            "erase_prob": ERASE_PROB, "erase_area": list(ERASE_AREA)},
         "train_images": int(len(train_split.x)), "val_images": int(len(val_split.x)),
     })
     if init_from:

@@ -1,0 +1,1 @@
+"""moodtunes command line and local stack: the top layer, above every service."""

@@ -1,0 +1,1 @@
+"""Training, export, evaluation and experiments of the FER model; apart from the runtime worker."""
