@@ -5,15 +5,16 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PROJECTS := packages/*/pyproject.toml services/*/pyproject.toml training/*/pyproject.toml
 
-.PHONY: up down test install proto lock clean-var
+.PHONY: up down test format install proto lock clean-var
 
 $(STAMP): constraints.txt requirements-dev.txt $(PROJECTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -r requirements-dev.txt \
-	  -e packages/moodtunes-common -e services/gateway -e services/recommender \
+	  -e packages/moodtunes-common -e packages/moodtunes-tfserving -e services/gateway -e services/recommender \
 	  -e services/fer -e services/model_server -e training/fer -e 'packages/moodtunes-cli[training]'
-	# tensorflow-serving-api pins full `tensorflow`; its protos only need tensorflow-cpu beside it
+	# Only `make proto` needs tensorflow-serving-api (it reads its descriptors); it pins full
+	# `tensorflow`, so it goes beside tensorflow-cpu without its dependencies
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt tensorflow-serving-api
 	touch $@
 
@@ -25,13 +26,24 @@ up: $(STAMP)
 down:
 	@if [ -x $(BIN)/moodtunes ]; then $(BIN)/moodtunes stack down; fi
 
+# Lint and format check first (fast, and what a reviewer would flag), then every test.
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
-# Regenerate the Python code of proto/ (committed; a test checks it is current).
+# Apply the formatter and ruff's safe fixes (what `make test` checks).
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Regenerate the Python code of proto/ (committed; tests check it is current): the events, and
+# TF Serving's gRPC API (descriptors read from the installed TF packages, code into moodtunes-tfserving).
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=packages/moodtunes-common/moodtunes/proto \
 	  --pyi_out=packages/moodtunes-common/moodtunes/proto proto/moodtunes/v1/events.proto
+	$(BIN)/python proto/tfserving/generate.py extract
+	$(BIN)/python proto/tfserving/generate.py code
 
 # Re-pin every third-party package from the current venv.
 lock:

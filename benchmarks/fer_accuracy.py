@@ -57,8 +57,15 @@ def main() -> int:
 
     def run(server: str | None) -> tuple[dict, float]:
         t0 = time.perf_counter()
-        result = evaluate(args.data, args.split, args.models_dir, args.model_name,
-                          server=server, return_predictions=True, timeout_s=120.0)
+        result = evaluate(
+            args.data,
+            args.split,
+            args.models_dir,
+            args.model_name,
+            server=server,
+            return_predictions=True,
+            timeout_s=120.0,
+        )
         return result, time.perf_counter() - t0
 
     results = {}
@@ -71,11 +78,9 @@ def main() -> int:
             if address is None:
                 from moodtunes_model_server.testing import running_model_server
 
-                address = stack.enter_context(running_model_server(args.models_dir,
-                                                                   args.model_name))
+                address = stack.enter_context(running_model_server(args.models_dir, args.model_name))
             results["grpc"], seconds = run(address)
-        print(f"gRPC route via {address}: accuracy {results['grpc']['accuracy']:.4f} "
-              f"({seconds:.1f} s)")
+        print(f"gRPC route via {address}: accuracy {results['grpc']['accuracy']:.4f} ({seconds:.1f} s)")
 
     predictions = {route: r.pop("predictions") for route, r in results.items()}
     routes_agree = None
@@ -83,15 +88,21 @@ def main() -> int:
         routes_agree = predictions["grpc"] == predictions["in_process"]
         print(f"in-process and gRPC predictions identical: {routes_agree}")
     checks = targets(results["in_process"])
-    report = {"results": results, "routes_agree": routes_agree, "targets": checks,
-              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    report = {
+        "results": results,
+        "routes_agree": routes_agree,
+        "targets": checks,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
 
     r = results["in_process"]
-    print(f"\nmodel {r['model_name']} v{r['model_version']} on {r['split']}: accuracy "
-          f"{r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}")
+    print(
+        f"\nmodel {r['model_name']} v{r['model_version']} on {r['split']}: accuracy "
+        f"{r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}"
+    )
     for name, ok in checks.items():
         if isinstance(ok, bool):
             print(f"  {'MET ' if ok else 'MISS'} {name}")

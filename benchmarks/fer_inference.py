@@ -38,10 +38,13 @@ def bench(call, batch: np.ndarray) -> dict:
         call(batch)
         times.append(time.perf_counter() - t0)
     median = statistics.median(times)
-    return {"batch_size": len(batch), "calls": len(times),
-            "median_ms_per_call": round(median * 1e3, 2),
-            "p90_ms_per_call": round(float(np.percentile(times, 90)) * 1e3, 2),
-            "images_per_s": round(len(batch) / median, 1)}
+    return {
+        "batch_size": len(batch),
+        "calls": len(times),
+        "median_ms_per_call": round(median * 1e3, 2),
+        "p90_ms_per_call": round(float(np.percentile(times, 90)) * 1e3, 2),
+        "images_per_s": round(len(batch) / median, 1),
+    }
 
 
 def main() -> None:
@@ -66,31 +69,45 @@ def main() -> None:
     rng = np.random.default_rng(SEED)
     routes = {"in_process": InProcessBackend(vdir, batch_size=max(args.batch_sizes))}
     if args.server:
-        routes["grpc"] = inference.GrpcBackend(args.server, args.model_name, version=args.version,
-                                               batch_size=max(args.batch_sizes), timeout_s=60.0)
+        routes["grpc"] = inference.GrpcBackend(
+            args.server,
+            args.model_name,
+            version=args.version,
+            batch_size=max(args.batch_sizes),
+            timeout_s=60.0,
+        )
     rows = []
     for route, backend in routes.items():
         for bs in args.batch_sizes:
             batch = rng.integers(0, 256, (bs, 48, 48, 1)).astype(np.float32)
             row = {"route": route, **bench(backend.features_and_probabilities, batch)}
             rows.append(row)
-            print(f"{route:<11} batch {bs:>4}: {row['images_per_s']:>8.1f} images/s "
-                  f"(median {row['median_ms_per_call']} ms/call, p90 {row['p90_ms_per_call']} ms)",
-                  flush=True)
+            print(
+                f"{route:<11} batch {bs:>4}: {row['images_per_s']:>8.1f} images/s "
+                f"(median {row['median_ms_per_call']} ms/call, p90 {row['p90_ms_per_call']} ms)",
+                flush=True,
+            )
 
-    result = {"model": args.model_name, "version": version_of(vdir), "tta": tta,
-              "note": "with tta every image is run twice (image + mirror)",
-              "results": rows, "hardware": hardware(), "tensorflow": tf.__version__,
-              "python": platform.python_version(),
-              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "load_average": os.getloadavg()}
+    result = {
+        "model": args.model_name,
+        "version": version_of(vdir),
+        "tta": tta,
+        "note": "with tta every image is run twice (image + mirror)",
+        "results": rows,
+        "hardware": hardware(),
+        "tensorflow": tf.__version__,
+        "python": platform.python_version(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "load_average": os.getloadavg(),
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"\n{'route':<11} {'batch':>5} {'images/s':>9} {'ms/call':>8}")
     for r in rows:
-        print(f"{r['route']:<11} {r['batch_size']:>5} {r['images_per_s']:>9.1f} "
-              f"{r['median_ms_per_call']:>8.1f}")
+        print(
+            f"{r['route']:<11} {r['batch_size']:>5} {r['images_per_s']:>9.1f} {r['median_ms_per_call']:>8.1f}"
+        )
     print(f"written {out}")
 
 

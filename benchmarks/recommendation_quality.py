@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moodtunes_fer_training.in_process import InProcessBackend
-
 from moodtunes.config import REPO_ROOT, get_settings
+from moodtunes_fer_training.in_process import InProcessBackend
 
 EMOTIONS = ["neutral", "happy", "sad", "fear", "angry"]
 MODES = ["match", "uplift", "calm"]
@@ -34,14 +33,15 @@ SEED = 11
 def emotion_vectors(n: int, data: str | None) -> tuple[np.ndarray, str]:
     """The deployed pipeline's probabilities on validation faces; Dirichlet draws if no data/model."""
     try:
-        from moodtunes_fer_training import data as fer_data
         from moodtunes_fer import inference
+        from moodtunes_fer_training import data as fer_data
 
         models = get_settings().models_dir
         split = fer_data.load_split(fer_data.resolve_data_path(data), "val")
         pipe = inference.FerPipeline(
             InProcessBackend(inference.version_dir(models, "fer_vgg16")),
-            inference.load_head_for_version(models, "fer_vgg16"))
+            inference.load_head_for_version(models, "fer_vgg16"),
+        )
         idx = np.random.default_rng(SEED).permutation(len(split.x))[:n]
         return np.asarray(pipe.predict_proba(split.x[idx])), "fer_validation_outputs"
     except (FileNotFoundError, ImportError) as exc:
@@ -93,7 +93,12 @@ def main() -> None:
             for mode in MODES:
                 targets = mapping.targets(pv, mode, a.limit)
                 with connection() as conn:
-                    tracks = matching.build_playlist(conn, targets, min_valence=mapping.min_valence(mode, a.limit))
+                    tracks = [
+                        t.model_dump()
+                        for t in matching.build_playlist(
+                            conn, targets, min_valence=mapping.min_valence(mode, a.limit)
+                        )
+                    ]
                 vecs = np.array([matching.feature_vector(t["features"]) for t in tracks])
                 s = stats[mode][emotion]
                 s["valence"].append(vecs[:, 2].mean())
@@ -112,18 +117,27 @@ def main() -> None:
         if pg:
             pg.stop()
 
-    report = {"faces": int(len(probs)), "emotion_source": source, "playlist_length": a.limit,
-              "catalogue_tracks": int(cat["n"]), "catalogue_mean_popularity": round(float(cat["pop"]), 2),
-              "seconds": round(seconds, 1), "modes": {}}
+    report = {
+        "faces": int(len(probs)),
+        "emotion_source": source,
+        "playlist_length": a.limit,
+        "catalogue_tracks": int(cat["n"]),
+        "catalogue_mean_popularity": round(float(cat["pop"]), 2),
+        "seconds": round(seconds, 1),
+        "modes": {},
+    }
     for mode in MODES:
         per = {}
         for emotion, s in sorted(stats[mode].items(), key=lambda kv: EMOTIONS.index(kv[0])):
             per[emotion] = {"playlists": len(s["valence"])} | {
-                k: round(float(np.mean(v)), 4) for k, v in s.items()}
+                k: round(float(np.mean(v)), 4) for k, v in s.items()
+            }
             per[emotion]["popularity_bias"] = round(per[emotion].pop("popularity") - float(cat["pop"]), 2)
-        report["modes"][mode] = {"per_emotion": per,
-                                 "catalogue_coverage": round(len(used[mode]) / cat["n"], 4),
-                                 "distinct_tracks": len(used[mode])}
+        report["modes"][mode] = {
+            "per_emotion": per,
+            "catalogue_coverage": round(len(used[mode]) / cat["n"], 4),
+            "distinct_tracks": len(used[mode]),
+        }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(report, indent=2))
     plot(means, a.out.with_suffix(".png"))
@@ -132,26 +146,41 @@ def main() -> None:
 
 
 def print_table(report: dict) -> None:
-    print(f"\n{report['faces']} faces ({report['emotion_source']}), {report['playlist_length']} tracks "
-          f"each, catalogue {report['catalogue_tracks']:,} tracks, {report['seconds']} s")
-    cols = ("playlists", "valence", "energy", "tempo_bpm", "distance_to_target", "intra_list_diversity",
-            "distinct_artists", "last3_valence", "ends_valence_ge_0_6", "popularity_bias")
+    print(
+        f"\n{report['faces']} faces ({report['emotion_source']}), {report['playlist_length']} tracks "
+        f"each, catalogue {report['catalogue_tracks']:,} tracks, {report['seconds']} s"
+    )
+    cols = (
+        "playlists",
+        "valence",
+        "energy",
+        "tempo_bpm",
+        "distance_to_target",
+        "intra_list_diversity",
+        "distinct_artists",
+        "last3_valence",
+        "ends_valence_ge_0_6",
+        "popularity_bias",
+    )
     print(f"{'mode':7} {'emotion':8} " + " ".join(f"{c[:10]:>10}" for c in cols))
     for mode, r in report["modes"].items():
         for emotion, m in r["per_emotion"].items():
-            print(f"{mode:7} {emotion:8} " + " ".join(f"{m[c]:10.3f}" if isinstance(m[c], float)
-                                                      else f"{m[c]:10d}" for c in cols))
+            print(
+                f"{mode:7} {emotion:8} "
+                + " ".join(f"{m[c]:10.3f}" if isinstance(m[c], float) else f"{m[c]:10d}" for c in cols)
+            )
         print(f"{mode:7} coverage {r['catalogue_coverage']:.4f} ({r['distinct_tracks']} distinct tracks)")
 
 
 def plot(means: dict, png: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = dict(zip(EMOTIONS, ["#6b7280", "#d97706", "#2563eb", "#7c3aed", "#dc2626"]))
+    colours = dict(zip(EMOTIONS, ["#6b7280", "#d97706", "#2563eb", "#7c3aed", "#dc2626"], strict=False))
     fig, axes = plt.subplots(1, len(means), figsize=(5 * len(means), 4.6), sharex=True, sharey=True)
-    for ax, (mode, pts) in zip(axes, means.items()):
+    for ax, (mode, pts) in zip(axes, means.items(), strict=False):
         for emotion in EMOTIONS:
             xs = [v for e, v, _ in pts if e == emotion]
             ys = [en for e, _, en in pts if e == emotion]

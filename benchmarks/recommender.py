@@ -32,9 +32,15 @@ K = 10
 EF_SEARCH = (40, 100)
 JITTER = 0.03  # std of the noise added to a sampled real track's features
 SEED = 7
-MATCH = np.array([[0.55, 0.50, 0.50, 0.40, 0.50], [0.90, 0.80, 0.95, 0.50, 0.95],
-                  [0.20, 0.20, 0.05, 0.15, 0.05], [0.20, 0.30, 0.75, 0.20, 0.60],
-                  [0.30, 0.95, 0.20, 0.75, 0.40]])
+MATCH = np.array(
+    [
+        [0.55, 0.50, 0.50, 0.40, 0.50],
+        [0.90, 0.80, 0.95, 0.50, 0.95],
+        [0.20, 0.20, 0.05, 0.15, 0.05],
+        [0.20, 0.30, 0.75, 0.20, 0.60],
+        [0.30, 0.95, 0.20, 0.75, 0.40],
+    ]
+)
 
 
 def real_features(path: Path) -> tuple[np.ndarray, list[dict]]:
@@ -44,8 +50,18 @@ def real_features(path: Path) -> tuple[np.ndarray, list[dict]]:
     with gzip.open(path, "rt", newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
             rows.append(r)
-    feats = np.array([[float(r["danceability"]), float(r["energy"]), float(r["valence"]),
-                       min(float(r["tempo"]) / 244.0, 1.0), float(r["mode"])] for r in rows])
+    feats = np.array(
+        [
+            [
+                float(r["danceability"]),
+                float(r["energy"]),
+                float(r["valence"]),
+                min(float(r["tempo"]) / 244.0, 1.0),
+                float(r["mode"]),
+            ]
+            for r in rows
+        ]
+    )
     return feats, rows
 
 
@@ -63,16 +79,30 @@ def build_catalogue(conn, n: int, rng) -> tuple[np.ndarray, float, float]:
     conn.execute("TRUNCATE tracks CASCADE")
     catalogue.drop_vector_indexes(conn)
     t0 = time.perf_counter()
-    with conn.cursor().copy("COPY tracks (track_id, name, artists, year, popularity, danceability, energy, "
-                            "valence, tempo, mode, song_key, features) FROM STDIN") as copy:
+    with conn.cursor().copy(
+        "COPY tracks (track_id, name, artists, year, popularity, danceability, energy, "
+        "valence, tempo, mode, song_key, features) FROM STDIN"
+    ) as copy:
         for i, f in enumerate(all_feats):
             real = rows[i] if i < len(rows) else None
             tid = real["track_id"] if real else f"synthetic:{i}"
             year = int(real["year"]) if real and real["year"] else 1960 + i % 60
-            copy.write_row([tid, real["name"] if real else f"synthetic {i}",
-                            real["artists"] if real else f"artist {i % 50000}", year, i % 101,
-                            f[0], f[1], f[2], f[3] * 244.0, int(f[4]), tid,
-                            "[" + ",".join(f"{v:.6g}" for v in f) + "]"])
+            copy.write_row(
+                [
+                    tid,
+                    real["name"] if real else f"synthetic {i}",
+                    real["artists"] if real else f"artist {i % 50000}",
+                    year,
+                    i % 101,
+                    f[0],
+                    f[1],
+                    f[2],
+                    f[3] * 244.0,
+                    int(f[4]),
+                    tid,
+                    "[" + ",".join(f"{v:.6g}" for v in f) + "]",
+                ]
+            )
     load_s = time.perf_counter() - t0
     conn.commit()
     conn.execute("SET max_parallel_maintenance_workers = 2")
@@ -105,7 +135,7 @@ def timed_queries(conn, targets, sql, setup=()) -> tuple[list[list[str]], np.nda
 def recall(approx, exact) -> float:
     """Distance-based recall@K: a returned track counts if it is within the K-th exact distance."""
     hits = []
-    for a, e in zip(approx, exact):
+    for a, e in zip(approx, exact, strict=False):
         kth = e[-1][1]
         hits.append(sum(1 for _, d in a if d <= kth + 1e-6) / K)
     return float(np.mean(hits))
@@ -137,26 +167,42 @@ def main() -> None:
             sql = nearest_sql([])  # the recommender's own match query
             exact, exact_lat = timed_queries(conn, targets, sql, ["SET LOCAL enable_indexscan = off"])
             exact = [[(r[0], r[-1]) for r in rows] for rows in exact]
-            report = {"tracks": int(len(feats)), "queries": a.queries, "k": K,
-                      "load_seconds": round(load_s, 1), "index_build_seconds": round(index_s, 1),
-                      "hnsw": {"m": 16, "ef_construction": 64}, "results": {}}
+            report = {
+                "tracks": int(len(feats)),
+                "queries": a.queries,
+                "k": K,
+                "load_seconds": round(load_s, 1),
+                "index_build_seconds": round(index_s, 1),
+                "hnsw": {"m": 16, "ef_construction": 64},
+                "results": {},
+            }
             for ef in EF_SEARCH:
                 timed_queries(conn, targets[:50], sql, [f"SET LOCAL hnsw.ef_search = {ef}"])  # warm-up
                 approx, lat = timed_queries(conn, targets, sql, [f"SET LOCAL hnsw.ef_search = {ef}"])
                 report["results"][f"hnsw_ef{ef}"] = {
                     "p50_ms": round(float(np.percentile(lat, 50)), 3),
                     "p99_ms": round(float(np.percentile(lat, 99)), 3),
-                    "recall_at_10": round(recall([[(r[0], r[-1]) for r in rows] for rows in approx], exact), 4)}
+                    "recall_at_10": round(
+                        recall([[(r[0], r[-1]) for r in rows] for rows in approx], exact), 4
+                    ),
+                }
             fsql = nearest_sql(["year BETWEEN 1990 AND 1999", "popularity >= 50"])
-            fres, flat = timed_queries(conn, targets, fsql, ["SET LOCAL hnsw.ef_search = 100",
-                                                             "SET LOCAL hnsw.iterative_scan = relaxed_order"])
+            fres, flat = timed_queries(
+                conn,
+                targets,
+                fsql,
+                ["SET LOCAL hnsw.ef_search = 100", "SET LOCAL hnsw.iterative_scan = relaxed_order"],
+            )
             report["results"]["hnsw_ef100_filtered"] = {
                 "p50_ms": round(float(np.percentile(flat, 50)), 3),
                 "p99_ms": round(float(np.percentile(flat, 99)), 3),
-                "full_results": float(np.mean([len(r) == K for r in fres]))}
+                "full_results": float(np.mean([len(r) == K for r in fres])),
+            }
             report["results"]["postgres_exact"] = {
                 "p50_ms": round(float(np.percentile(exact_lat, 50)), 3),
-                "p99_ms": round(float(np.percentile(exact_lat, 99)), 3), "recall_at_10": 1.0}
+                "p99_ms": round(float(np.percentile(exact_lat, 99)), 3),
+                "recall_at_10": 1.0,
+            }
         np_lat = []
         for t in targets.astype(np.float32):
             t0 = time.perf_counter()
@@ -166,15 +212,19 @@ def main() -> None:
             np_lat.append((time.perf_counter() - t0) * 1000)
         report["results"]["numpy_exact_scan"] = {
             "p50_ms": round(float(np.percentile(np_lat, 50)), 3),
-            "p99_ms": round(float(np.percentile(np_lat, 99)), 3), "recall_at_10": 1.0,
-            "note": "in-process, catalogue already in RAM; no filters, no database"}
+            "p99_ms": round(float(np.percentile(np_lat, 99)), 3),
+            "recall_at_10": 1.0,
+            "note": "in-process, catalogue already in RAM; no filters, no database",
+        }
         report["machine"] = {"cpu_count": __import__("os").cpu_count(), "machine": platform.machine()}
         report["latency_measured"] = "client-side round trip over loopback TCP, prepared statements"
     finally:
         if pg:
             pg.stop()
-    print(f"\n{report['tracks']:,} tracks; load {report['load_seconds']} s; "
-          f"HNSW index build {report['index_build_seconds']} s; {a.queries} match queries, k={K}")
+    print(
+        f"\n{report['tracks']:,} tracks; load {report['load_seconds']} s; "
+        f"HNSW index build {report['index_build_seconds']} s; {a.queries} match queries, k={K}"
+    )
     print(f"{'method':28} {'p50 ms':>8} {'p99 ms':>8} {'recall@10':>10}")
     for name, r in report["results"].items():
         print(f"{name:28} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r.get('recall_at_10', float('nan')):10.4f}")

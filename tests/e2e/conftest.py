@@ -3,7 +3,6 @@ recommender worker and gateway, wired to the suite's PostgreSQL and its own Redi
 
 from __future__ import annotations
 
-
 import pytest
 
 from moodtunes.config import REPO_ROOT
@@ -17,8 +16,12 @@ def stack(database, redis_server, tmp_path_factory):
     if not any(p.name.isdigit() for p in (MODELS_DIR / "fer_vgg16").glob("*")):
         pytest.fail("no exported model under models/fer_vgg16/: run `moodtunes fer export`")
     run_dir = tmp_path_factory.mktemp("stack")
-    env = {"DATABASE_URL": database, "REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/1",
-           "MODELS_DIR": str(MODELS_DIR), "JOB_TIMEOUT_S": "120"}
+    env = {
+        "DATABASE_URL": database,
+        "REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/1",
+        "MODELS_DIR": str(MODELS_DIR),
+        "JOB_TIMEOUT_S": "120",
+    }
     gateway_port = free_port()
     procs = service_processes(run_dir, env, model_port=free_port(), gateway_port=gateway_port)
     for p in procs:

@@ -23,8 +23,9 @@ EMOTIONS = ["neutral", "happy", "sad", "fear", "angry"]
 
 def submit_and_wait(url: str, content: bytes, timeout_s: float = 120, **form) -> dict:
     with httpx.Client(base_url=url, timeout=30) as client:
-        r = client.post("/v1/jobs", files={"image": ("photo", content)},
-                        data={k: str(v) for k, v in form.items()})
+        r = client.post(
+            "/v1/jobs", files={"image": ("photo", content)}, data={k: str(v) for k, v in form.items()}
+        )
         assert r.status_code == 202, r.text
         seen, deadline = [], time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -48,7 +49,12 @@ def test_face_photo_to_playlist(stack, face_jpeg):
     job = submit_and_wait(stack["url"], face_jpeg, mode="match", limit=8, diversity=0)
     assert job["status"] == "done", job["error"]
     assert job["_seen"][-1] == "done" and set(job["_seen"]) <= {
-        "queued", "detecting", "classifying", "recommending", "done"}
+        "queued",
+        "detecting",
+        "classifying",
+        "recommending",
+        "done",
+    }
     assert len(job["faces"]) == 1 and job["chosen_face"] == 0
     face = job["faces"][0]
     assert list(face["probabilities"]) == EMOTIONS  # in the model's class order
@@ -96,14 +102,33 @@ def test_photo_without_a_face_fails_with_no_face(stack):
 def test_cli_submit_waits_and_prints_the_result(stack, tmp_path, face_jpeg):
     photo = tmp_path / "astronaut.jpg"
     photo.write_bytes(face_jpeg)
-    out = subprocess.run([sys.executable, "-m", "moodtunes_cli.cli", "submit", str(photo), "--wait",
-                          "--limit", "3", "--url", stack["url"], "--json"],
-                         capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "moodtunes_cli.cli",
+            "submit",
+            str(photo),
+            "--wait",
+            "--limit",
+            "3",
+            "--url",
+            stack["url"],
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stderr
     job = json.loads(out.stdout)
     assert job["status"] == "done" and len(job["recommendation"]["tracks"]) == 3
-    text = subprocess.run([sys.executable, "-m", "moodtunes_cli.cli", "submit", str(photo), "--wait",
-                           "--url", stack["url"]], capture_output=True, text=True, timeout=180)
+    text = subprocess.run(
+        [sys.executable, "-m", "moodtunes_cli.cli", "submit", str(photo), "--wait", "--url", stack["url"]],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert text.returncode == 0 and "mode match" in text.stdout and " 1. " in text.stdout
 
 

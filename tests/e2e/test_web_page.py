@@ -18,19 +18,33 @@ from moodtunes.config import REPO_ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO_ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-proxy-server"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-proxy-server",
+]
 JOB_WAIT_MS = 150_000  # the stack fails a job after JOB_TIMEOUT_S=120 s
 DESKTOP = {"viewport": {"width": 1366, "height": 900}}
-PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True,
-         "has_touch": True}
+PHONE = {
+    "viewport": {"width": 390, "height": 844},
+    "device_scale_factor": 2,
+    "is_mobile": True,
+    "has_touch": True,
+}
 PERCENT = re.compile(r"^\d{1,3}\.\d%$")
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
-                                                     "(apt-get install -y chromium)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)",
+    ),
 ]
 
 
@@ -52,8 +66,10 @@ def browser(playwright):
 @pytest.fixture(scope="module")
 def fake_camera_browser(playwright):
     """A second Chromium whose camera is Chromium's built-in fake device, permission auto-granted."""
-    b = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS + [
-        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
+    b = playwright.chromium.launch(
+        executable_path=str(CHROMIUM),
+        args=CHROMIUM_ARGS + ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"],
+    )
     yield b
     b.close()
 
@@ -201,8 +217,12 @@ def test_upload_a_face_photo_and_get_a_playlist(stack, browser, photo):
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
     # a gateway without the feedback endpoint: a clear message, no pretend success
-    page.route("**/feedback", lambda route: route.fulfill(
-        status=405, json={"error": {"code": "method_not_allowed", "message": "Method Not Allowed"}}))
+    page.route(
+        "**/feedback",
+        lambda route: route.fulfill(
+            status=405, json={"error": {"code": "method_not_allowed", "message": "Method Not Allowed"}}
+        ),
+    )
     tracks.nth(2).get_by_test_id("like-button").click()
     tracks.nth(2).get_by_test_id("feedback-status").filter(has_text="isn't available").wait_for()
     assert tracks.nth(2).get_by_test_id("like-button").get_attribute("aria-pressed") == "false"
@@ -219,7 +239,10 @@ def test_phone_sized_page(stack, browser, photo):
     assert page.get_by_test_id("emotion-bar").count() == 5
     assert page.get_by_test_id("face-box").count() >= 1
     # one column: the results sit below the form, nothing overflows sideways
-    form, results = page.get_by_test_id("job-form").bounding_box(), page.get_by_test_id("results").bounding_box()
+    form, results = (
+        page.get_by_test_id("job-form").bounding_box(),
+        page.get_by_test_id("results").bounding_box(),
+    )
     assert results["y"] > form["y"] + form["height"] - 1
     assert no_horizontal_scroll(page)
     ARTIFACTS.mkdir(exist_ok=True)
@@ -342,8 +365,12 @@ def test_the_page_degrades_without_the_modes_endpoint(stack, browser):
     """An older gateway without /v1/modes: the three documented modes are still offered."""
     context = browser.new_context(reduced_motion="reduce", **DESKTOP)
     page = context.new_page()
-    page.route("**/v1/modes", lambda route: route.fulfill(status=404, json={"error": {"code": "not_found",
-                                                                                     "message": "Not Found"}}))
+    page.route(
+        "**/v1/modes",
+        lambda route: route.fulfill(
+            status=404, json={"error": {"code": "not_found", "message": "Not Found"}}
+        ),
+    )
     page.goto(stack["url"] + "/")
     page.wait_for_selector("body[data-modes-loaded]")
     modes = page.locator('input[name="mode"]').evaluate_all("els => els.map(e => e.value)")
@@ -352,4 +379,3 @@ def test_the_page_degrades_without_the_modes_endpoint(stack, browser):
     page.get_by_text("Filters and playlist length").click()
     assert page.locator('[data-filter="genres"]').is_visible()
     context.close()
-

@@ -43,7 +43,7 @@ def test_no_face_in_a_cup_of_coffee():
 def test_a_tight_48px_face_crop_is_still_a_face():
     grey = detection.decode_grey(jpeg(skimage.data.astronaut()))
     f = detection.detect_faces(grey)[0]
-    crop = np.asarray(Image.fromarray(grey[f.y:f.y + f.height, f.x:f.x + f.width]).resize((48, 48)))
+    crop = np.asarray(Image.fromarray(grey[f.y : f.y + f.height, f.x : f.x + f.width]).resize((48, 48)))
     boxes = detection.detect_faces(crop)
     assert len(boxes) == 1 and boxes[0].width >= 16
 
@@ -65,3 +65,38 @@ def test_corrupt_data_raises_a_decode_error(data):
 def test_pixel_limit():
     with pytest.raises(detection.ImageDecodeError, match="limit"):
         detection.decode_grey(jpeg(skimage.data.astronaut()), max_pixels=1000)
+
+
+@pytest.mark.parametrize("size", [20, 48, 120, 400, 1500])
+@pytest.mark.parametrize("value", [0, 128, 255])
+def test_blank_and_flat_images_have_no_face_at_any_size(size, value):
+    assert detection.detect_faces(np.full((size, size), value, np.uint8)) == []
+
+
+@pytest.mark.parametrize("size", [20, 48, 96])
+def test_small_non_face_squares_are_not_taken_as_faces(size):
+    """No 'small square image is a face' fallback: noise, gradients and a cup thumbnail give none."""
+    rng = np.random.default_rng(size)
+    noise = rng.integers(0, 256, (size, size), dtype=np.uint8)
+    gradient = np.tile(np.linspace(0, 255, size, dtype=np.uint8), (size, 1))
+    cup = np.asarray(Image.fromarray(detection.decode_grey(jpeg(skimage.data.coffee()))).resize((size, size)))
+    for image in (noise, gradient, cup):
+        assert detection.detect_faces(image) == []
+
+
+def test_texture_false_positives_are_rejected_by_the_second_check():
+    """skimage's retina photo holds face-like blobs the first cascade accepts; none is confirmed."""
+    grey = detection.decode_grey(jpeg(skimage.data.retina()))
+    import cv2
+
+    equalized = cv2.equalizeHist(grey)  # at full size the first cascade alone fires on blobs
+    candidates = detection.cascade().detectMultiScale(equalized, 1.1, 5, minSize=(24, 24))
+    assert len(candidates) > 0  # the first cascade alone would have given this photo an emotion
+    assert detection.detect_faces(grey) == []
+    assert detection.detect_faces(cv2.resize(grey, (1000, 1000))) == []
+
+
+def test_detected_faces_carry_the_detector_score():
+    grey = detection.decode_grey(jpeg(skimage.data.astronaut()))
+    face = detection.detect_faces(grey)[0]
+    assert face.score >= detection.MIN_DETECTOR_SCORE

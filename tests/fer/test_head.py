@@ -3,8 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from moodtunes_fer.head import (HeadVersionError, build_head, load_head, proba_in_class_order,
-                                save_head)
+from moodtunes_fer.head import HeadVersionError, build_head, load_head, proba_in_class_order, save_head
 from moodtunes_fer_training.model import CLASS_NAMES
 
 
@@ -15,8 +14,9 @@ def blobs(n_per_class=20, dim=64, classes=range(5), seed=0):
     return (centres[y] + rng.normal(0, 1, (len(y), dim))).astype(np.float32), y
 
 
-@pytest.mark.parametrize("kind,params", [
-    ("svm", {}), ("knn", {"k": 3}), ("tree", {"max_depth": 4}), ("logreg", {})])
+@pytest.mark.parametrize(
+    "kind,params", [("svm", {}), ("knn", {"k": 3}), ("tree", {"max_depth": 4}), ("logreg", {})]
+)
 def test_every_kind_fits_and_gives_probabilities_in_class_order(kind, params):
     x, y = blobs()
     pipe = build_head(kind, pca_components=8, **params).fit(x, y)

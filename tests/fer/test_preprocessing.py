@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from moodtunes_fer.signature import INPUT_SIZE
 from moodtunes_fer.preprocessing import to_model_input
+from moodtunes_fer.signature import INPUT_SIZE
 
 
 def test_dataset_sized_crops_pass_through_unchanged():
@@ -36,11 +36,14 @@ def test_empty_input_gives_an_empty_batch():
     assert to_model_input([]).shape == (0, 48, 48, 1)
 
 
-@pytest.mark.parametrize("bad", [
-    np.zeros((48, 48, 3), np.uint8),  # colour, not greyscale
-    np.zeros((48, 48), np.float32),  # not uint8
-    np.zeros((48,), np.uint8),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((48, 48, 3), np.uint8),  # colour, not greyscale
+        np.zeros((48, 48), np.float32),  # not uint8
+        np.zeros((48,), np.uint8),
+    ],
+)
 def test_rejects_non_greyscale_uint8_crops(bad):
     with pytest.raises(ValueError, match="greyscale"):
         to_model_input([bad])

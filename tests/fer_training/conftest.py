@@ -28,7 +28,7 @@ def make_images(n_per_class: int, seed: int, size: int = 48, classes: int = 5):
     for i, label in enumerate(y):
         row = 4 + 8 * int(label)
         col = int(rng.integers(4, 30))
-        x[i, row:row + 8, col:col + 14] = rng.integers(200, 256)
+        x[i, row : row + 8, col : col + 14] = rng.integers(200, 256)
     order = rng.permutation(len(y))
     return x[order], y[order].astype(np.int64)
 
@@ -37,8 +37,14 @@ def write_npz(path, train_per_class=TRAIN_PER_CLASS, val_per_class=VAL_PER_CLASS
     """Like the shared dataset: x_train/y_train, x_val/y_val, class_names."""
     x_train, y_train = make_images(train_per_class, seed)
     x_val, y_val = make_images(val_per_class, seed + 1)
-    np.savez(path, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val,
-             class_names=np.array(["neutral", "happy", "sad", "fear", "angry"]))
+    np.savez(
+        path,
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        class_names=np.array(["neutral", "happy", "sad", "fear", "angry"]),
+    )
     return path
 
 
@@ -63,11 +69,23 @@ def keras_checkpoint(tmp_path_factory):
     run = tmp_path_factory.mktemp("fer_run")
     keras.utils.set_random_seed(7)
     build_vgg16().save(run / "best.keras")
-    (run / "train_state.json").write_text(json.dumps({
-        "epochs_done": 3, "train_seconds": 12.5, "best_val_accuracy": 0.4, "best_epoch": 2,
-        "segments": [{"hardware": {"machine": "test-cpu", "cpu_count": 2}}],
-        "epochs_planned": 3, "batch_size": 16, "peak_lr": 0.01, "seed": 7,
-        "hyperparameters": {"momentum": 0.9}, "data_report": {"images_in": 80}}))
+    (run / "train_state.json").write_text(
+        json.dumps(
+            {
+                "epochs_done": 3,
+                "train_seconds": 12.5,
+                "best_val_accuracy": 0.4,
+                "best_epoch": 2,
+                "segments": [{"hardware": {"machine": "test-cpu", "cpu_count": 2}}],
+                "epochs_planned": 3,
+                "batch_size": 16,
+                "peak_lr": 0.01,
+                "seed": 7,
+                "hyperparameters": {"momentum": 0.9},
+                "data_report": {"images_in": 80},
+            }
+        )
+    )
     return run / "best.keras"
 
 
@@ -77,6 +95,14 @@ def exported(tmp_path_factory, keras_checkpoint, tiny_npz):
     from moodtunes_fer_training.export import export
 
     models = tmp_path_factory.mktemp("fer_models")
-    card = export(keras_checkpoint, tiny_npz, models, "fer_vgg16", tta=True,
-                  pca_components=PCA_COMPONENTS, batch_size=32, log=lambda *_: None)
+    card = export(
+        keras_checkpoint,
+        tiny_npz,
+        models,
+        "fer_vgg16",
+        tta=True,
+        pca_components=PCA_COMPONENTS,
+        batch_size=32,
+        log=lambda *_: None,
+    )
     return models, card

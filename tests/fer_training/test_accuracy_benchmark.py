@@ -34,13 +34,28 @@ def test_benchmark_runs_both_routes_on_a_tiny_export(tmp_path, exported, tiny_np
     models_dir, _ = exported
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--data", str(tiny_npz), "--models-dir", str(models_dir),
-         "--out", str(out), "--strict"], capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--data",
+            str(tiny_npz),
+            "--models-dir",
+            str(models_dir),
+            "--out",
+            str(out),
+            "--strict",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     report = json.loads(out.read_text())
     assert report["routes_agree"] is True
     assert set(report["results"]) == {"in_process", "grpc"}
     assert report["results"]["grpc"]["accuracy"] == report["results"]["in_process"]["accuracy"]
-    missed = not report["targets"]["accuracy_at_least_0.70"] or \
-        not report["targets"]["every_class_recall_at_least_0.45"]
+    missed = (
+        not report["targets"]["accuracy_at_least_0.70"]
+        or not report["targets"]["every_class_recall_at_least_0.45"]
+    )
     assert proc.returncode == (1 if missed else 0), proc.stdout + proc.stderr
     assert "written" in proc.stdout

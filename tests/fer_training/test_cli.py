@@ -11,9 +11,11 @@ runner = CliRunner()
 
 
 def test_importing_the_cli_stays_light():
-    code = ("import sys, moodtunes_fer_training.cli; "
-            "heavy = [m for m in ('tensorflow', 'keras', 'sklearn', 'cv2') if m in sys.modules]; "
-            "assert not heavy, heavy")
+    code = (
+        "import sys, moodtunes_fer_training.cli; "
+        "heavy = [m for m in ('tensorflow', 'keras', 'sklearn', 'cv2') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -26,8 +28,9 @@ def test_help_lists_the_commands():
 
 def test_evaluate_json_last_line(exported, tiny_npz):
     models, card = exported
-    result = runner.invoke(app, ["evaluate", "--data", str(tiny_npz), "--split", "val",
-                                 "--models-dir", str(models), "--json"])
+    result = runner.invoke(
+        app, ["evaluate", "--data", str(tiny_npz), "--split", "val", "--models-dir", str(models), "--json"]
+    )
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     payload = json.loads(lines[-1])
@@ -47,7 +50,8 @@ def test_data_path_from_environment(exported, tiny_npz, monkeypatch):
 
 def test_plot_history(tmp_path):
     (tmp_path / "history.csv").write_text(
-        "epoch,accuracy,loss,val_accuracy,val_loss\n0,0.3,1.5,0.32,1.4\n1,0.4,1.3,0.41,1.2\n")
+        "epoch,accuracy,loss,val_accuracy,val_loss\n0,0.3,1.5,0.32,1.4\n1,0.4,1.3,0.41,1.2\n"
+    )
     result = runner.invoke(app, ["plot-history", "--run", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "history.png").stat().st_size > 1000
@@ -56,10 +60,28 @@ def test_plot_history(tmp_path):
 
 
 def test_export_options_reach_the_model_card(tmp_path, keras_checkpoint, tiny_npz):
-    result = runner.invoke(app, [
-        "export", "--checkpoint", str(keras_checkpoint), "--data", str(tiny_npz),
-        "--models-dir", str(tmp_path), "--version", "4", "--no-tta", "--head", "logreg",
-        "--pca", "0", "--max-train", "40", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "export",
+            "--checkpoint",
+            str(keras_checkpoint),
+            "--data",
+            str(tiny_npz),
+            "--models-dir",
+            str(tmp_path),
+            "--version",
+            "4",
+            "--no-tta",
+            "--head",
+            "logreg",
+            "--pca",
+            "0",
+            "--max-train",
+            "40",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     card = json.loads(result.stdout.strip().splitlines()[-1])
     assert card["model_version"] == 4 and card["tta"] is False
@@ -74,11 +96,25 @@ def test_plot_history_of_a_continued_run_numbers_epochs_on(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     for run, accs in ((first, (0.3, 0.4)), (second, (0.35, 0.45, 0.5))):
         run.mkdir()
-        (run / "history.csv").write_text("epoch,accuracy,loss,val_accuracy,val_loss\n" + "".join(
-            f"{i},{a},1.0,{a},1.0\n" for i, a in enumerate(accs)))
+        (run / "history.csv").write_text(
+            "epoch,accuracy,loss,val_accuracy,val_loss\n"
+            + "".join(f"{i},{a},1.0,{a},1.0\n" for i, a in enumerate(accs))
+        )
     combined = tmp_path / "all.csv"
-    result = runner.invoke(app, ["plot-history", "--run", str(first), "--run", str(second),
-                                 "--out", str(tmp_path / "all.png"), "--csv-out", str(combined)])
+    result = runner.invoke(
+        app,
+        [
+            "plot-history",
+            "--run",
+            str(first),
+            "--run",
+            str(second),
+            "--out",
+            str(tmp_path / "all.png"),
+            "--csv-out",
+            str(combined),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "all.png").stat().st_size > 1000
     with open(combined) as f:

@@ -10,8 +10,7 @@ def test_classification_metrics_by_hand():
     y_pred = [0, 1, 1, 1, 2, 3, 4, 0]
     m = classification_metrics(y_true, y_pred)
     assert m["accuracy"] == pytest.approx(6 / 8)
-    assert m["per_class_recall"] == {"neutral": 0.5, "happy": 1.0, "sad": 1.0, "fear": 1.0,
-                                     "angry": 0.5}
+    assert m["per_class_recall"] == {"neutral": 0.5, "happy": 1.0, "sad": 1.0, "fear": 1.0, "angry": 0.5}
     assert m["confusion_matrix"][0] == [1, 1, 0, 0, 0]
     assert m["confusion_matrix"][4] == [1, 0, 0, 0, 1]
     assert m["n"] == 8 and 0 < m["macro_f1"] < 1
@@ -40,15 +39,14 @@ def test_evaluate_other_split_and_errors(exported, tiny_npz):
 
 def test_grpc_route_gives_identical_predictions(exported, tiny_npz, make_fer_images):
     from moodtunes_fer.inference import GrpcBackend, version_dir
-    from moodtunes_fer_training.in_process import InProcessBackend
     from moodtunes_fer.preprocessing import to_model_input
+    from moodtunes_fer_training.in_process import InProcessBackend
 
     testing = pytest.importorskip("moodtunes_model_server.testing")
     models, _ = exported
     local = evaluate(tiny_npz, "val", models, return_predictions=True)
     x = to_model_input(make_fer_images(2, seed=9)[0])
-    local_f, local_p, _ = InProcessBackend(version_dir(models, "fer_vgg16")) \
-        .features_and_probabilities(x)
+    local_f, local_p, _ = InProcessBackend(version_dir(models, "fer_vgg16")).features_and_probabilities(x)
     with testing.running_model_server(models, "fer_vgg16") as address:
         remote = evaluate(tiny_npz, "val", models, server=address, return_predictions=True)
         backend = GrpcBackend(address, "fer_vgg16", batch_size=4)

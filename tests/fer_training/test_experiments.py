@@ -11,8 +11,9 @@ from moodtunes_fer_training.model import FEATURE_LAYERS
 def reports(tmp_path_factory, keras_checkpoint, tiny_npz):
     base = tmp_path_factory.mktemp("fer_experiments")
     logs = []
-    out = experiments.run("all", keras_checkpoint, tiny_npz, base / "reports", base / "cache",
-                          log=logs.append)
+    out = experiments.run(
+        "all", keras_checkpoint, tiny_npz, base / "reports", base / "cache", log=logs.append
+    )
     return base, out, logs
 
 
@@ -36,8 +37,7 @@ def test_features_are_cached_and_equal_keras_taps(reports, keras_checkpoint, tin
     model = keras.models.load_model(keras_checkpoint, compile=False)
     truth = feature_extractor(model, FEATURE_LAYERS)(x_val, training=False)
     for layer in FEATURE_LAYERS:  # relu taps are derived from the cached pre-activations
-        np.testing.assert_allclose(feats[f"val/{layer}"], truth[layer].numpy(), rtol=1e-5,
-                                   atol=1e-7)
+        np.testing.assert_allclose(feats[f"val/{layer}"], truth[layer].numpy(), rtol=1e-5, atol=1e-7)
     assert feats["train/flatten"].shape == (80, 256) and feats["train/fc2"].shape == (80, 512)
 
 
@@ -66,13 +66,13 @@ def test_classifiers_report(reports):
     base, out, _ = reports
     report = out["classifiers"]
     names = [r["name"] for r in report["results"]]
-    assert names == ["svm", "tree", "knn_k1", "knn_k3", "knn_k5", "knn_k7", "logreg",
-                     "cnn_softmax"]
+    assert names == ["svm", "tree", "knn_k1", "knn_k3", "knn_k5", "knn_k7", "logreg", "cnn_softmax"]
     by_name = {r["name"]: r for r in report["results"]}
     assert by_name["knn_k3"]["k"] == 3
     # the shared configuration is the same run in all three experiments
-    assert by_name["svm"] == next(r for r in out["layers"]["results"]
-                                  if r["name"] == "fc1_relu") | {"name": "svm"}
+    assert by_name["svm"] == next(r for r in out["layers"]["results"] if r["name"] == "fc1_relu") | {
+        "name": "svm"
+    }
     best = max(report["results"], key=lambda r: r["accuracy"])
     assert report["best"] == best["name"] and report["best_accuracy"] == best["accuracy"]
     for r in report["results"]:

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from moodtunes_fer_training.in_process import InProcessBackend
 from moodtunes_fer import inference
+from moodtunes_fer_training.in_process import InProcessBackend
 from moodtunes_fer_training.model import CLASS_NAMES
 
 
@@ -54,11 +54,9 @@ def test_signature_shapes(version_dir):
     assert outputs["probabilities"].shape.as_list() == [None, 5]
 
 
-def test_served_features_are_the_tta_mean_of_keras_features(version_dir, keras_features,
-                                                           make_fer_images):
+def test_served_features_are_the_tta_mean_of_keras_features(version_dir, keras_features, make_fer_images):
     x = make_fer_images(2, seed=5)[0][..., None].astype(np.float32)
-    feats, probs, version = InProcessBackend(version_dir, batch_size=4) \
-        .features_and_probabilities(x)
+    feats, probs, version = InProcessBackend(version_dir, batch_size=4).features_and_probabilities(x)
     plain_f, plain_p = keras_features(x)
     flip_f, flip_p = keras_features(x[:, :, ::-1])
     assert version == 1 and feats.shape == (10, 1024) and probs.shape == (10, 5)
@@ -67,17 +65,16 @@ def test_served_features_are_the_tta_mean_of_keras_features(version_dir, keras_f
     assert not np.allclose(feats, plain_f, rtol=1e-3, atol=0)  # the mirror really counted
 
 
-def test_export_without_tta_serves_plain_features(tmp_path, keras_checkpoint, keras_features,
-                                                 make_fer_images):
+def test_export_without_tta_serves_plain_features(
+    tmp_path, keras_checkpoint, keras_features, make_fer_images
+):
     import keras
 
     from moodtunes_fer_training.export import write_saved_model
 
-    write_saved_model(keras.models.load_model(keras_checkpoint, compile=False),
-                      tmp_path / "7", tta=False)
+    write_saved_model(keras.models.load_model(keras_checkpoint, compile=False), tmp_path / "7", tta=False)
     x = make_fer_images(1, seed=6)[0][..., None].astype(np.float32)
-    feats, probs, version = InProcessBackend(tmp_path / "7") \
-        .features_and_probabilities(x)
+    feats, probs, version = InProcessBackend(tmp_path / "7").features_and_probabilities(x)
     plain_f, plain_p = keras_features(x)
     assert version == 7
     np.testing.assert_allclose(feats, plain_f, rtol=1e-4, atol=1e-7)
@@ -147,8 +144,11 @@ def test_model_card_totals_span_the_runs_the_weights_came_from():
     """A continued run's card counts the epochs and seconds of the run it started from."""
     from moodtunes_fer_training.export import _lineage_total
 
-    state = {"epochs_done": 28, "train_seconds": 4800.0,
-             "init_from": {"path": "models/fer_vgg16/1", "epochs_done": 30, "train_seconds": 4516.7}}
+    state = {
+        "epochs_done": 28,
+        "train_seconds": 4800.0,
+        "init_from": {"path": "models/fer_vgg16/1", "epochs_done": 30, "train_seconds": 4516.7},
+    }
     assert _lineage_total(state, "epochs_done") == 58
     assert _lineage_total(state, "train_seconds") == 9316.7
     assert _lineage_total({"epochs_done": 3}, "epochs_done") == 3

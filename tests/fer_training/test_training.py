@@ -6,8 +6,7 @@ from moodtunes_fer_training import train as fer_train
 
 def test_training_smoke_run_writes_checkpoints_and_state(tmp_path, tiny_npz):
     out = tmp_path / "run"
-    state = fer_train.train(tiny_npz, out, epochs=1, batch_size=16, limit=32, verbose=0,
-                            jit_compile=False)
+    state = fer_train.train(tiny_npz, out, epochs=1, batch_size=16, limit=32, verbose=0, jit_compile=False)
     assert state["epochs_done"] == 1 and state["finished"] is True
     assert state["train_images"] == 32 and state["val_images"] == 32
     assert state["data_report"]["images_out"] == 80
@@ -46,15 +45,31 @@ def test_initial_weights_from_an_export_match_the_served_model(exported):
 
 
 def test_initial_weights_from_a_keras_checkpoint(keras_checkpoint):
-    import numpy as np
-
     import keras
+    import numpy as np
 
     from moodtunes_fer_training.model import build_vgg16
 
     model = build_vgg16()
     fer_train.load_initial_weights(model, keras_checkpoint)
     saved = keras.models.load_model(keras_checkpoint, compile=False)
-    for mine, theirs in zip(model.get_weights(), saved.get_weights()):
+    for mine, theirs in zip(model.get_weights(), saved.get_weights(), strict=False):
         np.testing.assert_array_equal(mine, theirs)
     assert fer_train.init_from_summary(keras_checkpoint)["best_val_accuracy"] == 0.4
+
+
+def test_random_erasing_blanks_one_box_per_chosen_image_and_nothing_else():
+    import numpy as np
+    import tensorflow as tf
+
+    images = tf.fill((64, 48, 48, 1), 7.0)
+    erased = fer_train.random_erasing(images, prob=1.0, area=(0.1, 0.1)).numpy()
+    changed = (erased != 7.0).reshape(64, -1).mean(axis=1)
+    # every image loses about 10% of its pixels to noise (a rectangle; rounding at the edges)
+    assert np.all(changed > 0.04) and np.all(changed < 0.16)
+    for img in erased[..., 0]:  # the changed pixels form one axis-aligned rectangle
+        rows, cols = np.nonzero(img != 7.0)
+        box = img[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        assert (box != 7.0).mean() > 0.95
+    untouched = fer_train.random_erasing(images, prob=0.0).numpy()
+    np.testing.assert_array_equal(untouched, images.numpy())

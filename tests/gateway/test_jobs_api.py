@@ -24,7 +24,9 @@ def png(width: int, height: int, mode: str = "L") -> bytes:
 
 
 def post(client, content: bytes, name="photo.jpg", **form):
-    return client.post("/v1/jobs", files={"image": (name, content)}, data={k: str(v) for k, v in form.items()})
+    return client.post(
+        "/v1/jobs", files={"image": (name, content)}, data={k: str(v) for k, v in form.items()}
+    )
 
 
 def assert_error(r, status: int, code: str):
@@ -41,7 +43,12 @@ def test_accepts_a_photo_stores_the_job_and_enqueues_it(client, face_jpeg, redis
     assert body["status"] == "queued"
     assert r.headers["Location"] == body["status_url"] == f"/v1/jobs/{body['id']}"
     row = jobs.get(body["id"])
-    assert (row["status"], row["mode"], row["track_limit"], row["image_type"]) == ("queued", "match", 5, "image/jpeg")
+    assert (row["status"], row["mode"], row["track_limit"], row["image_type"]) == (
+        "queued",
+        "match",
+        5,
+        "image/jpeg",
+    )
     assert jobs.image(body["id"]) == face_jpeg
     assert redis.Redis.from_url(redis_server.url).llen(get_settings().fer_queue) == 1
     polled = client.get(body["status_url"]).json()
@@ -53,11 +60,14 @@ def test_defaults_mode_match_and_limit_10(client, face_jpeg):
     assert (job["mode"], job["track_limit"]) == ("match", 10)
 
 
-@pytest.mark.parametrize("content,status,code", [
-    (b"", 422, "empty_file"),
-    (b"this is not an image at all", 422, "invalid_image"),
-    (b"GIF89a" + b"\x00" * 64, 422, "invalid_image"),
-])
+@pytest.mark.parametrize(
+    "content,status,code",
+    [
+        (b"", 422, "empty_file"),
+        (b"this is not an image at all", 422, "invalid_image"),
+        (b"GIF89a" + b"\x00" * 64, 422, "invalid_image"),
+    ],
+)
 def test_rejects_non_images(client, content, status, code):
     assert_error(post(client, content), status, code)
 
@@ -87,12 +97,15 @@ def test_rejects_files_over_the_size_limit(client, face_jpeg, monkeypatch):
         get_settings.cache_clear()
 
 
-@pytest.mark.parametrize("form,code", [
-    ({"mode": "party"}, "invalid_mode"),
-    ({"limit": 0}, "invalid_limit"),
-    ({"limit": 51}, "invalid_limit"),
-    ({"limit": "ten"}, "invalid_limit"),
-])
+@pytest.mark.parametrize(
+    "form,code",
+    [
+        ({"mode": "party"}, "invalid_mode"),
+        ({"limit": 0}, "invalid_limit"),
+        ({"limit": 51}, "invalid_limit"),
+        ({"limit": "ten"}, "invalid_limit"),
+    ],
+)
 def test_rejects_bad_parameters(client, face_jpeg, form, code):
     assert_error(post(client, face_jpeg, **form), 422, code)
     with connection() as conn:
@@ -147,7 +160,9 @@ def test_stale_jobs_are_failed_even_when_nobody_polls(clean_jobs, redis_server, 
         with TestClient(create_app()) as c:
             job_id = post(c, face_jpeg).json()["id"]
             with connection() as conn:
-                conn.execute("UPDATE jobs SET updated_at = now() - interval '1 hour' WHERE id = %s", (job_id,))
+                conn.execute(
+                    "UPDATE jobs SET updated_at = now() - interval '1 hour' WHERE id = %s", (job_id,)
+                )
             deadline = time.monotonic() + 10
             while jobs.get(job_id)["status"] != "failed" and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -170,3 +185,20 @@ def test_health_and_readiness(client):
 def test_openapi_docs(client):
     assert client.get("/docs").status_code == 200
     assert "/v1/jobs" in client.get("/openapi.json").json()["paths"]
+
+
+def test_the_api_documents_the_job_stores_statuses_and_result_schema(client):
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert tuple(schemas["Job"]["properties"]["status"]["enum"]) == jobs.STATUSES
+    assert {"Face", "ModelRef", "Recommendation", "Track", "Filters"} <= set(schemas)
+
+
+def test_an_exif_rotated_photo_is_recorded_upright(client):
+    """The gateway measures the photo as the worker will see it (one decoder for both)."""
+    upright = Image.new("L", (40, 60))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: "rotate 90 degrees clockwise to display"
+    buf = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", exif=exif.tobytes())
+    body = client.get(post(client, buf.getvalue()).json()["status_url"]).json()
+    assert (body["image"]["width"], body["image"]["height"]) == (40, 60)

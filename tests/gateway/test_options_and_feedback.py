@@ -1,10 +1,16 @@
 """Modes, filters, client keys and feedback through the gateway (real PostgreSQL and Redis)."""
 
+import base64
+import json
 import uuid
 
 import pytest
+import redis
 
 from moodtunes import jobs
+from moodtunes.config import get_settings
+from moodtunes.events import FerJob, from_json, job_options
+from moodtunes.results import Recommendation, Track
 from tests.gateway.test_jobs_api import assert_error, post
 
 pytestmark = pytest.mark.integration
@@ -23,23 +29,65 @@ def test_accepts_every_mode(client, face_jpeg, mode):
 
 
 def test_filters_are_stored(client, face_jpeg):
-    r = post(client, face_jpeg, year_min=1990, year_max=1999, genres="rock, pop ,", min_popularity=40,
-             exclude_explicit="true", diversity=0.5, client_key="alice")
+    r = post(
+        client,
+        face_jpeg,
+        year_min=1990,
+        year_max=1999,
+        genres="rock, pop ,",
+        min_popularity=40,
+        exclude_explicit="true",
+        diversity=0.5,
+        client_key="alice",
+    )
     job = jobs.get(r.json()["id"])
-    assert job["filters"] == {"year_min": 1990, "year_max": 1999, "genres": ["rock", "pop"],
-                              "min_popularity": 40, "exclude_explicit": True}
+    assert job["filters"] == {
+        "year_min": 1990,
+        "year_max": 1999,
+        "genres": ["rock", "pop"],
+        "min_popularity": 40,
+        "exclude_explicit": True,
+    }
     assert job["diversity"] == 0.5 and job["client_key"] == "alice"
 
 
-@pytest.mark.parametrize("form,code", [
-    ({"year_min": 2000, "year_max": 1990}, "invalid_filter"),
-    ({"year_min": 1500}, "invalid_filter"),
-    ({"min_popularity": 101}, "invalid_filter"),
-    ({"genres": ",".join(f"g{i}" for i in range(11))}, "invalid_filter"),
-    ({"exclude_explicit": "maybe"}, "invalid_filter"),
-    ({"diversity": 1.5}, "invalid_diversity"),
-    ({"client_key": "no spaces allowed"}, "invalid_client_key"),
-])
+def test_the_queued_work_item_carries_the_options(client, face_jpeg, redis_server):
+    """The FER worker, and after it the recommender, get the options from the message."""
+    r = post(
+        client,
+        face_jpeg,
+        mode="calm",
+        limit=4,
+        year_min=1990,
+        genres="rock",
+        diversity=0.25,
+        client_key="alice",
+    )
+    raw = json.loads(redis.Redis.from_url(redis_server.url).lpop(get_settings().fer_queue))
+    args, _, _ = json.loads(base64.b64decode(raw["body"]))
+    message = from_json(args[0], FerJob)
+    assert message.job_id == r.json()["id"]
+    assert message.options == job_options(
+        mode="calm",
+        limit=4,
+        diversity=0.25,
+        client_key="alice",
+        filters={"year_min": 1990, "genres": ["rock"]},
+    )
+
+
+@pytest.mark.parametrize(
+    "form,code",
+    [
+        ({"year_min": 2000, "year_max": 1990}, "invalid_filter"),
+        ({"year_min": 1500}, "invalid_filter"),
+        ({"min_popularity": 101}, "invalid_filter"),
+        ({"genres": ",".join(f"g{i}" for i in range(11))}, "invalid_filter"),
+        ({"exclude_explicit": "maybe"}, "invalid_filter"),
+        ({"diversity": 1.5}, "invalid_diversity"),
+        ({"client_key": "no spaces allowed"}, "invalid_client_key"),
+    ],
+)
 def test_rejects_bad_options(client, face_jpeg, form, code):
     assert_error(post(client, face_jpeg, **form), 422, code)
 
@@ -53,26 +101,70 @@ def test_anonymous_clients_get_a_session_cookie(client, face_jpeg):
     assert jobs.get(r2.json()["id"])["client_key"] == key
 
 
+FEATURES = {"danceability": 0.5, "energy": 0.6, "valence": 0.7, "tempo": 120.0, "mode": 1.0}
+PROBS = {"neutral": 0.05, "happy": 0.7, "sad": 0.1, "fear": 0.05, "angry": 0.1}
+
+
 def finish(job_id, track_ids):
-    jobs.transition(job_id, jobs.UNFINISHED, jobs.DONE,
-                    recommendation={"mode": "match", "tracks": [{"track_id": t} for t in track_ids]})
+    tracks = [
+        Track(track_id=t, name=t, artists=["x"], features=FEATURES, distance=0.1, position=i)
+        for i, t in enumerate(track_ids)
+    ]
+    jobs.transition(
+        job_id,
+        jobs.UNFINISHED,
+        jobs.DONE,
+        recommendation=Recommendation(
+            mode="match",
+            emotion_probabilities=PROBS,
+            target=FEATURES,
+            target_vector=[0.5, 0.6, 0.7, 0.49, 1.0],
+            tracks=tracks,
+        ),
+    )
+
+
+def test_a_done_job_is_served_in_the_shared_result_schema(client, face_jpeg):
+    job_id = post(client, face_jpeg).json()["id"]
+    finish(job_id, ["4uLU6hMCjMI75M1A2tKUQC", "local-1"])
+    rec = client.get(f"/v1/jobs/{job_id}").json()["recommendation"]
+    assert list(rec["emotion_probabilities"]) == list(PROBS)  # class order, whatever jsonb did
+    assert list(rec["target"]) == list(rec["tracks"][0]["features"]) == list(FEATURES)
+    assert [t["spotify_url"] for t in rec["tracks"]] == [
+        "https://open.spotify.com/track/4uLU6hMCjMI75M1A2tKUQC",
+        None,
+    ]
+    assert Recommendation.model_validate(rec).tracks[1].track_id == "local-1"
 
 
 def test_feedback_is_stored_and_validated(client, face_jpeg):
     from moodtunes.db import connection
 
     job_id = post(client, face_jpeg, client_key="carol").json()["id"]
-    assert_error(client.post(f"/v1/jobs/{job_id}/feedback", json={"track_id": "t1", "liked": True}),
-                 409, "job_not_done")
+    assert_error(
+        client.post(f"/v1/jobs/{job_id}/feedback", json={"track_id": "t1", "liked": True}),
+        409,
+        "job_not_done",
+    )
     finish(job_id, ["t1", "t2"])
-    assert_error(client.post(f"/v1/jobs/{job_id}/feedback", json={"track_id": "zz", "liked": True}),
-                 422, "unknown_track")
+    assert_error(
+        client.post(f"/v1/jobs/{job_id}/feedback", json={"track_id": "zz", "liked": True}),
+        422,
+        "unknown_track",
+    )
     assert_error(client.post(f"/v1/jobs/{job_id}/feedback", json={"track_id": "t1"}), 422, "invalid_feedback")
-    assert_error(client.post(f"/v1/jobs/{uuid.uuid4()}/feedback", json={"track_id": "t1", "liked": True}),
-                 404, "job_not_found")
+    assert_error(
+        client.post(f"/v1/jobs/{uuid.uuid4()}/feedback", json={"track_id": "t1", "liked": True}),
+        404,
+        "job_not_found",
+    )
     r = client.post(f"/v1/jobs/{job_id}/feedback", json={"track_id": "t2", "liked": False})
-    assert r.status_code == 201 and r.json() == {"job_id": job_id, "track_id": "t2", "liked": False,
-                                                 "mode": "match"}
+    assert r.status_code == 201 and r.json() == {
+        "job_id": job_id,
+        "track_id": "t2",
+        "liked": False,
+        "mode": "match",
+    }
     client.post(f"/v1/jobs/{job_id}/feedback", json={"track_id": "t2", "liked": True})  # changed mind
     with connection() as conn:
         rows = conn.execute("SELECT client_key, mode, track_id, liked FROM feedback").fetchall()

@@ -126,25 +126,6 @@ def test_full_queue_is_unavailable(make):
     assert [f.result(timeout=5)["y"].item() for f in [running, *queued]] == [0.0, 2.0, 4.0]
 
 
-def test_allowed_batch_sizes_pad_with_the_first_row(make):
-    scheduler, model = make(max_batch_size=4, allowed_batch_sizes=(2, 4)), Model()
-    result = scheduler.submit(KEY, model, rows(5, 3)).result(timeout=5)
-    assert model.calls == [4]
-    np.testing.assert_array_equal(model.seen[0].ravel(), [5, 6, 7, 5])
-    np.testing.assert_array_equal(result["y"].ravel(), [10, 12, 14])
-    assert scheduler.batch_size_counts == {3: 1}
-
-
-def test_large_batch_splitting(make):
-    scheduler = make(
-        max_batch_size=10, enable_large_batch_splitting=True, max_execution_batch_size=4, batch_timeout_micros=0
-    )
-    model = Model()
-    result = scheduler.submit(KEY, model, rows(0, 10)).result(timeout=5)
-    assert sorted(model.calls) == [2, 4, 4] and max(model.calls) <= 4
-    np.testing.assert_array_equal(result["y"].ravel(), np.arange(10) * 2)
-
-
 def test_a_failing_batch_fails_its_requests_and_the_thread_survives(make):
     scheduler, model = make(max_batch_size=2, batch_timeout_micros=10_000_000), Model(fail_first=True)
     futures = [scheduler.submit(KEY, model, rows(i, 1)) for i in range(2)]

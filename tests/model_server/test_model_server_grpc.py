@@ -12,10 +12,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from tensorflow_serving.apis import classification_pb2, get_model_metadata_pb2, prediction_service_pb2_grpc
 
-from moodtunes_fer.serving_client import ModelServerClient, ModelServerError
 from moodtunes_model_server.testing import run_server, save_toy_model, toy_predict
+from moodtunes_tfserving.client import ModelServerClient, ModelServerError
+from moodtunes_tfserving.proto.tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 TOY_SEED = 1  # fer_toy/1
 HOT_SEEDS = {1: 10, 2: 11}  # hot/<version> -> seed
@@ -24,7 +29,7 @@ MAX_BATCH_SIZE = 8
 
 @pytest.fixture(scope="module")
 def model_root(tmp_path_factory) -> Path:
-    """Two models; fer_toy carries the real model's extras, which the server must ignore."""
+    """fer_toy carries the real model's extras, which the server must ignore."""
     root = tmp_path_factory.mktemp("models")
     version_dir = save_toy_model(root / "fer_toy" / "1", seed=TOY_SEED)
     (version_dir / "head").mkdir()
@@ -33,36 +38,24 @@ def model_root(tmp_path_factory) -> Path:
     (root / "fer_toy" / "notes").mkdir()  # non-numeric directory in the base path
     (root / "fer_toy" / "README.md").write_text("not a version")
     (root / "fer_toy" / "7").mkdir()  # numeric but empty: a version still being written
-    save_toy_model(root / "hot" / "1", seed=HOT_SEEDS[1])
     return root
 
 
 @pytest.fixture(scope="module")
-def server_configs(model_root: Path, tmp_path_factory) -> dict[str, Path]:
-    conf = tmp_path_factory.mktemp("conf")
-    models = conf / "models.config"
-    models.write_text(
-        "model_config_list {\n"
-        f'  config {{ name: "fer_toy" base_path: "{model_root / "fer_toy"}" model_platform: "tensorflow" }}\n'
-        f'  config {{ name: "hot" base_path: "{model_root / "hot"}" model_platform: "tensorflow" }}\n'
-        "}\n"
-    )
-    batching = conf / "batching.config"
+def server(model_root, tmp_path_factory):
+    """As the local stack runs it: one model from its base path, batching from a parameters file."""
+    batching = tmp_path_factory.mktemp("conf") / "batching.config"
     batching.write_text(
         f"max_batch_size {{ value: {MAX_BATCH_SIZE} }}\n"
         "batch_timeout_micros { value: 100000 }\n"
         "num_batch_threads { value: 2 }\n"
         "max_enqueued_batches { value: 100 }\n"
     )
-    return {"models": models, "batching": batching}
-
-
-@pytest.fixture(scope="module")
-def server(server_configs):
     with run_server(
-        model_config_file=server_configs["models"],
+        model_base_path=model_root / "fer_toy",
+        model_name="fer_toy",
         enable_batching=True,
-        batching_parameters_file=server_configs["batching"],
+        batching_parameters_file=batching,
         file_system_poll_wait_seconds=0.3,
         log_level="DEBUG",
     ) as running:
@@ -113,39 +106,26 @@ def test_output_filter_and_explicit_version(server):
     assert result.model_version == 1
 
 
-def test_metadata_and_status(client, server):
-    meta = client.metadata()
-    assert meta["model_name"] == "fer_toy" and meta["model_version"] == 1
-    assert meta["inputs"] == {"image": {"dtype": "float32", "shape": [-1, 48, 48, 1]}}
-    assert meta["outputs"] == {
-        "features": {"dtype": "float32", "shape": [-1, 8]},
-        "probabilities": {"dtype": "float32", "shape": [-1, 5]},
-    }
-    assert client.status() == [{"version": 1, "state": "AVAILABLE", "error_code": 0, "error_message": ""}]
-    assert client.ready()
-
-    # Raw response shape, as TF Serving returns it: an Any-packed SignatureDefMap.
+def test_only_predict_is_served(server):
+    """The product calls Predict alone; TF Serving's other RPCs answer UNIMPLEMENTED here."""
     with grpc.insecure_channel(server.address) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-        request.model_spec.name = "fer_toy"
-        response = stub.GetModelMetadata(request, timeout=10)
-        assert response.metadata["signature_def"].type_url.endswith("tensorflow.serving.SignatureDefMap")
-        sig_map = get_model_metadata_pb2.SignatureDefMap()
-        assert response.metadata["signature_def"].Unpack(sig_map)
-        assert "serving_default" in sig_map.signature_def
-
-        bad = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["graph"])
-        bad.model_spec.name = "fer_toy"
-        with pytest.raises(grpc.RpcError) as err:
-            stub.GetModelMetadata(bad, timeout=10)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-
+        metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        metadata.model_spec.name = "fer_toy"
         classify = classification_pb2.ClassificationRequest()
         classify.model_spec.name = "fer_toy"
+        for call, request in ((stub.GetModelMetadata, metadata), (stub.Classify, classify)):
+            with pytest.raises(grpc.RpcError) as err:
+                call(request, timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+        labelled = predict_pb2.PredictRequest()
+        labelled.model_spec.name = "fer_toy"
+        labelled.model_spec.version_label = "stable"
         with pytest.raises(grpc.RpcError) as err:
-            stub.Classify(classify, timeout=10)
-        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            stub.Predict(labelled, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "Unrecognized servable version label: stable" in err.value.details()
 
 
 @pytest.mark.parametrize(
@@ -159,12 +139,8 @@ def test_unknown_model_or_version_is_not_found(server, model, kwargs, message):
     with ModelServerClient(server.address, model, **kwargs) as c:
         with pytest.raises(ModelServerError) as err:
             c.predict({"image": images(1)})
-        assert err.value.code == grpc.StatusCode.NOT_FOUND
-        assert message in err.value.message
-        assert not c.ready()
-        with pytest.raises(ModelServerError) as err:
-            c.status()
-        assert err.value.code == grpc.StatusCode.NOT_FOUND
+    assert err.value.code == grpc.StatusCode.NOT_FOUND
+    assert message in err.value.message
 
 
 @pytest.mark.parametrize(
@@ -201,13 +177,6 @@ def test_unknown_signature_and_output_filter(server, client):
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_client_chunks_requests_above_max_batch_size(server):
-    x = images(MAX_BATCH_SIZE * 2 + 3, seed=5)
-    with ModelServerClient(server.address, "fer_toy", max_batch_size=MAX_BATCH_SIZE) as c:
-        result = c.predict({"image": x})
-    assert_outputs_match(result.outputs, toy_predict(x, seed=TOY_SEED))
-
-
 def _executed_batches(log: str) -> list[tuple[int, int]]:
     return [
         (int(r), int(t))
@@ -234,29 +203,27 @@ def test_concurrent_requests_are_batched_and_split_back(server, client):
     assert max(tasks for _, tasks in batches) > 1, batches
 
 
-def test_new_version_is_loaded_and_old_one_unloaded(server, model_root):
-    with ModelServerClient(server.address, "hot") as c:
-        assert c.predict({"image": images(1)}).model_version == 1
-        (model_root / "hot" / "scratch").mkdir()  # noise the poller must ignore
-        save_toy_model(model_root / "hot" / "2", seed=HOT_SEEDS[2])
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            states = {s["version"]: s["state"] for s in c.status()}
-            if states == {2: "AVAILABLE", 1: "END"}:
-                break
-            time.sleep(0.1)
-        assert states == {2: "AVAILABLE", 1: "END"}
-        x = images(2, seed=3)
-        result = c.predict({"image": x})
-        assert result.model_version == 2
-        assert_outputs_match(result.outputs, toy_predict(x, seed=HOT_SEEDS[2]))
-    with ModelServerClient(server.address, "hot", version=1) as old:
-        with pytest.raises(ModelServerError) as err:
-            old.predict({"image": x})
-        assert err.value.code == grpc.StatusCode.NOT_FOUND
-    log = server.log_text()
-    assert "Successfully loaded servable version {name: hot version: 2}" in log
-    assert "Unloaded servable version {name: hot version: 1}" in log
+def test_new_version_is_loaded_and_old_one_unloaded(tmp_path):
+    """`moodtunes fer export` writes a new version next to the served one: it takes over without a
+    restart, and the old one is unloaded."""
+    save_toy_model(tmp_path / "hot" / "1", seed=HOT_SEEDS[1])
+    with run_server(
+        model_base_path=tmp_path / "hot", model_name="hot", file_system_poll_wait_seconds=0.3
+    ) as hot:
+        with ModelServerClient(hot.address, "hot") as c:
+            assert c.predict({"image": images(1)}).model_version == 1
+            (tmp_path / "hot" / "scratch").mkdir()  # noise the poller must ignore
+            save_toy_model(tmp_path / "hot" / "2", seed=HOT_SEEDS[2])
+            hot.wait_for_log(r"Unloaded servable version \{name: hot version: 1\}")
+            x = images(2, seed=3)
+            result = c.predict({"image": x})
+            assert result.model_version == 2
+            assert_outputs_match(result.outputs, toy_predict(x, seed=HOT_SEEDS[2]))
+        with ModelServerClient(hot.address, "hot", version=1) as old:
+            with pytest.raises(ModelServerError) as err:
+                old.predict({"image": x})
+            assert err.value.code == grpc.StatusCode.NOT_FOUND
+        assert "Successfully loaded servable version {name: hot version: 2}" in hot.log_text()
 
 
 def test_zz_sigterm_shuts_down_gracefully(server):

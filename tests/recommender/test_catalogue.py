@@ -2,16 +2,29 @@
 
 import csv
 import gzip
+import json
 
+import numpy as np
 import pytest
 
 from moodtunes.db import connection
-from moodtunes_recommender import catalogue
+from moodtunes_recommender import catalogue, mapping, matching
 
 pytestmark = pytest.mark.integration
 
-HEADER = ["track_id", "name", "artists", "danceability", "energy", "valence", "tempo", "mode", "year",
-          "popularity", "extra_column"]
+HEADER = [
+    "track_id",
+    "name",
+    "artists",
+    "danceability",
+    "energy",
+    "valence",
+    "tempo",
+    "mode",
+    "year",
+    "popularity",
+    "extra_column",
+]
 GOOD = ["t-good-1", "Song A", "Artist X ; Artist Y", "0.5", "0.6", "0.7", "120", "1", "1999", "50", "x"]
 
 
@@ -26,8 +39,9 @@ def write(path, rows, header=HEADER, gz=False):
 
 def fetch(track_id):
     with connection() as conn:
-        return conn.execute("SELECT *, features::text AS fv FROM tracks WHERE track_id = %s",
-                            (track_id,)).fetchone()
+        return conn.execute(
+            "SELECT *, features::text AS fv FROM tracks WHERE track_id = %s", (track_id,)
+        ).fetchone()
 
 
 def test_loads_valid_rows_and_reports_bad_ones(database, tmp_path):
@@ -75,3 +89,20 @@ def test_reads_names_like_NA_as_text(database, tmp_path):
     row[0], row[1] = "t-na", "NA"
     catalogue.load_csv(write(tmp_path / "f.csv", [row]), progress=False)
     assert fetch("t-na")["name"] == "NA"
+
+
+def test_loading_and_ranking_use_the_same_feature_vector(database, tmp_path):
+    """The vector the catalogue stores (which pgvector's index searches) is the one the playlist
+    builder ranks with: one function, so the two distances agree, tempo capping included."""
+    fast = ["t-fast", "Fast", "Z", "0.1", "0.9", "0.2", "290", "0", "2001", "10", ""]  # over 244 BPM
+    catalogue.load_csv(write(tmp_path / "v.csv", [GOOD, fast]), progress=False)
+    for track_id in ("t-good-1", "t-fast"):
+        row = fetch(track_id)
+        np.testing.assert_allclose(json.loads(row["fv"]), mapping.feature_vector(row), atol=1e-6)
+    assert mapping.feature_vector(fetch("t-fast"))[3] == 1.0
+    target = mapping.target([0.1, 0.2, 0.3, 0.2, 0.2], "calm")
+    with connection() as conn:
+        found = matching.candidates(conn, target, 200, matching.Filters(), [])
+    assert len(found) == 200
+    for r in found:
+        assert r["distance"] == pytest.approx(np.linalg.norm(matching.feature_vector(r) - target), abs=1e-5)

@@ -5,13 +5,15 @@ import pytest
 
 from moodtunes_recommender import mapping
 
-PUBLISHED = np.array([
-    [0.55, 0.50, 0.50, 0.40, 0.50],  # neutral
-    [0.90, 0.80, 0.95, 0.50, 0.95],  # happy
-    [0.20, 0.20, 0.05, 0.15, 0.05],  # sad
-    [0.20, 0.30, 0.75, 0.20, 0.60],  # fear
-    [0.30, 0.95, 0.20, 0.75, 0.40],  # angry
-])
+PUBLISHED = np.array(
+    [
+        [0.55, 0.50, 0.50, 0.40, 0.50],  # neutral
+        [0.90, 0.80, 0.95, 0.50, 0.95],  # happy
+        [0.20, 0.20, 0.05, 0.15, 0.05],  # sad
+        [0.20, 0.30, 0.75, 0.20, 0.60],  # fear
+        [0.30, 0.95, 0.20, 0.75, 0.40],  # angry
+    ]
+)
 
 
 def test_match_matrix_is_the_published_one():

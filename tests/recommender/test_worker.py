@@ -1,31 +1,59 @@
-"""The recommender stage on the real PostgreSQL: modes, playlist rules, filters, feedback."""
+"""The recommender stage on the real PostgreSQL: modes, playlist rules, filters, feedback, all
+driven by the EmotionDetected event alone."""
 
 import numpy as np
 import pytest
 
 from moodtunes import jobs
 from moodtunes.db import connection
-from moodtunes.events import EmotionDetected, ModelRef
+from moodtunes.events import EmotionDetected, ModelRef, job_options
+from moodtunes.results import Recommendation
 from moodtunes_recommender import mapping, matching, worker
 
 pytestmark = pytest.mark.integration
 ONE_HOT = {e: np.eye(5)[i].tolist() for i, e in enumerate(["neutral", "happy", "sad", "fear", "angry"])}
 
 
-def run_job(probs, mode="match", limit=7, filters=None, diversity=None, client_key="c1"):
+def recommending_job(**options) -> str:
+    """A job past its FER stage, waiting for its playlist."""
     job_id = jobs.new_job_id()
-    jobs.create(job_id, mode=mode, limit=limit, image=b"x", image_type="image/png", width=1, height=1,
-                filters=filters, diversity=diversity, client_key=client_key)
+    jobs.create(
+        job_id,
+        image=b"x",
+        image_type="image/png",
+        width=1,
+        height=1,
+        **{"mode": "match", "limit": 7, **options},
+    )
     jobs.transition(job_id, jobs.UNFINISHED, jobs.RECOMMENDING, faces=[], chosen_face=0, model={})
-    worker.recommend(event(job_id, probs))
+    return job_id
+
+
+def run_job(probs, mode="match", limit=7, filters=None, diversity=None, client_key="c1"):
+    options = {
+        "mode": mode,
+        "limit": limit,
+        "filters": filters,
+        "diversity": diversity,
+        "client_key": client_key,
+    }
+    job_id = recommending_job(**options)
+    worker.recommend(event(job_id, probs, **options))
     row = jobs.get(job_id)
     assert row["status"] == "done"
+    Recommendation.model_validate(row["recommendation"])  # what was stored is the API's schema
     return row
 
 
-def event(job_id, probs):
-    return EmotionDetected(job_id=job_id, emotions=mapping.emotions(), probabilities=probs,
-                           faces_detected=1, model=ModelRef(name="fer_vgg16", version=1, head="svm"))
+def event(job_id, probs, with_options=True, **options):
+    return EmotionDetected(
+        job_id=job_id,
+        emotions=mapping.emotions(),
+        probabilities=probs,
+        faces_detected=1,
+        model=ModelRef(name="fer_vgg16", version=1, head="svm"),
+        options=job_options(**{"mode": "match", "limit": 7, **options}) if with_options else None,
+    )
 
 
 def all_tracks():
@@ -92,18 +120,22 @@ def test_playlist_rules_and_determinism(clean_jobs):
     assert [t["track_id"] for t in recs[0]] == [t["track_id"] for t in recs[1]]
     tracks = recs[0]
     with connection() as conn:
-        keys = {r["track_id"]: r["song_key"] for r in conn.execute(
-            "SELECT track_id, song_key FROM tracks WHERE track_id = ANY(%s)",
-            ([t["track_id"] for t in tracks],)).fetchall()}
+        keys = {
+            r["track_id"]: r["song_key"]
+            for r in conn.execute(
+                "SELECT track_id, song_key FROM tracks WHERE track_id = ANY(%s)",
+                ([t["track_id"] for t in tracks],),
+            ).fetchall()
+        }
     assert len(set(keys.values())) == 30
-    for a, b in zip(tracks, tracks[1:]):
+    for a, b in zip(tracks, tracks[1:], strict=False):
         assert not {x.casefold() for x in a["artists"]} & {x.casefold() for x in b["artists"]}
 
 
 def test_diversity_spreads_the_playlist(clean_jobs):
     def spread(tracks):
         v = np.array([matching.feature_vector(t["features"])[:4] for t in tracks])  # mode is binary
-        return np.mean([np.linalg.norm(a - b) for i, a in enumerate(v) for b in v[i + 1:]])
+        return np.mean([np.linalg.norm(a - b) for i, a in enumerate(v) for b in v[i + 1 :]])
 
     probs = ONE_HOT["neutral"]
     tight = run_job(probs, limit=10, diversity=0.0)["recommendation"]["tracks"]
@@ -116,8 +148,10 @@ def test_filters_still_return_limit_tracks(clean_jobs):
     tracks = run_job(ONE_HOT["happy"], limit=12, filters=filters)["recommendation"]["tracks"]
     assert len(tracks) == 12
     with connection() as conn:
-        rows = conn.execute("SELECT year, popularity, genre FROM tracks WHERE track_id = ANY(%s)",
-                            ([t["track_id"] for t in tracks],)).fetchall()
+        rows = conn.execute(
+            "SELECT year, popularity, genre FROM tracks WHERE track_id = ANY(%s)",
+            ([t["track_id"] for t in tracks],),
+        ).fetchall()
     for r in rows:
         assert 2015 <= r["year"] <= 2018 and r["popularity"] >= 60
         assert "rock" in r["genre"] or "latin" in r["genre"]
@@ -141,10 +175,57 @@ def test_redelivered_event_does_nothing(clean_jobs):
     assert jobs.get(str(row["id"]))["recommendation"] == row["recommendation"]
 
 
+def test_the_event_not_the_job_row_says_what_to_build(clean_jobs):
+    job_id = recommending_job(mode="match", limit=3, client_key="erin")
+    rec = worker.recommend(
+        event(
+            job_id,
+            ONE_HOT["angry"],
+            mode="calm",
+            limit=5,
+            diversity=0.0,
+            filters={"year_min": 2000},
+            client_key="erin",
+        )
+    )
+    stored = jobs.get(job_id)["recommendation"]
+    assert stored == rec.model_dump(mode="json", exclude_computed_fields=True)
+    assert stored["mode"] == "calm" and len(stored["tracks"]) == 5 and stored["diversity"] == 0.0
+    assert stored["filters"]["year_min"] == 2000 and all(t["year"] >= 2000 for t in stored["tracks"])
+
+
+def test_an_event_queued_before_options_travelled_uses_the_job_row(clean_jobs):
+    job_id = recommending_job(mode="uplift", limit=4, filters={"genres": ["rock"]})
+    worker.recommend(event(job_id, ONE_HOT["sad"], with_options=False))
+    stored = jobs.get(job_id)["recommendation"]
+    assert stored["mode"] == "uplift" and len(stored["tracks"]) == 4
+    assert stored["filters"]["genres"] == ["rock"]
+
+
+def test_a_redelivery_waits_for_the_running_one_then_does_nothing(clean_jobs):
+    """The job row stays locked while its playlist is built: a second delivery of the event
+    blocks, then finds the job done instead of building and writing a second playlist."""
+    import threading
+
+    job_id = recommending_job()
+    results: list = []
+    second = threading.Thread(
+        target=lambda: results.append(worker.recommend(event(job_id, ONE_HOT["happy"])))
+    )
+    with connection() as conn:
+        assert worker.lock_job(conn, job_id, "c1", "match") == ("recommending", [])
+        second.start()
+        second.join(timeout=1.0)
+        assert second.is_alive()  # waiting on the lock
+        jobs.transition(
+            job_id, (jobs.RECOMMENDING,), jobs.DONE, conn=conn, recommendation={"mode": "match", "tracks": []}
+        )
+    second.join(timeout=10)
+    assert results == [None] and jobs.get(job_id)["recommendation"]["tracks"] == []
+
+
 def test_malformed_event_fails_the_job(clean_jobs):
-    job_id = jobs.new_job_id()
-    jobs.create(job_id, mode="match", limit=3, image=b"x", image_type="image/png", width=1, height=1)
-    jobs.transition(job_id, jobs.UNFINISHED, jobs.RECOMMENDING, faces=[], chosen_face=0, model={})
+    job_id = recommending_job()
     worker.recommend_task.run({"job_id": job_id, "nonsense": True})
     row = jobs.get(job_id)
     assert row["status"] == "failed" and row["error_code"] == "bad_event"

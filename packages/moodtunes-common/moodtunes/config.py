@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -11,14 +12,29 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
+def _local_port(setting: str, default: int) -> str:
+    """A port of the local stack (`make up`, moodtunes_cli.localstack), so the defaults below reach a
+    stack started on other ports."""
+    return os.environ.get(setting) or str(default)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
-    database_url: str = "postgresql://moodtunes@127.0.0.1:55432/moodtunes"
-    redis_url: str = "redis://127.0.0.1:56379/0"
+    # Defaults: the local stack's embedded servers (MOODTUNES_POSTGRES_PORT, MOODTUNES_REDIS_PORT)
+    database_url: str = Field(
+        default_factory=lambda: (
+            f"postgresql://moodtunes@127.0.0.1:{_local_port('MOODTUNES_POSTGRES_PORT', 55432)}/moodtunes"
+        )
+    )
+    redis_url: str = Field(
+        default_factory=lambda: f"redis://127.0.0.1:{_local_port('MOODTUNES_REDIS_PORT', 56379)}/0"
+    )
 
     # Model server (TensorFlow Serving, or the local stand-in with the same gRPC API)
-    model_server: str = "127.0.0.1:8500"
+    model_server: str = Field(
+        default_factory=lambda: f"127.0.0.1:{_local_port('MOODTUNES_MODEL_SERVER_PORT', 8500)}"
+    )
     model_name: str = "fer_vgg16"
     model_signature: str = "serving_default"
     model_version: int | None = None  # None: whatever the server serves (its newest)
@@ -37,7 +53,10 @@ class Settings(BaseSettings):
     recommend_queue: str = "recommend"
 
     # Face detection
-    face_margin: float = 0.2  # extra border around the detected box, as a fraction of its size
+    # How the worker frames a detected face, tuned so a face in a photo is cropped the way FER2013
+    # crops its faces (benchmarks/fer_photo_scenes.py; README "Whole photos score like crops").
+    face_margin: float = 0.0  # extra border around the detected box, as a fraction of its size
+    face_shift: float = 0.05  # crop centre moved down by this fraction of the box height
     min_face_px: int = 24
 
 

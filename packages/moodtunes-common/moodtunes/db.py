@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import psycopg
 from psycopg.rows import dict_row
@@ -27,9 +27,15 @@ def pool(url: str | None = None) -> ConnectionPool:
     """One lazily opened pool per database URL per process (Celery forks before first use)."""
     url = url or get_settings().database_url
     if url not in _pools:
-        _pools[url] = ConnectionPool(url, min_size=1, max_size=8, open=True, configure=_configure,
-                                     kwargs={"row_factory": dict_row, "autocommit": False},
-                                     timeout=10)
+        _pools[url] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=8,
+            open=True,
+            configure=_configure,
+            kwargs={"row_factory": dict_row, "autocommit": False},
+            timeout=10,
+        )
     return _pools[url]
 
 

@@ -30,8 +30,12 @@ def make_celery(name: str) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": 3600},
         task_publish_retry=True,
-        task_publish_retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5,
-                                   "interval_max": 1.0},
+        task_publish_retry_policy={
+            "max_retries": 3,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 1.0,
+        },
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         enable_utc=True,
@@ -49,17 +53,25 @@ def producer() -> Celery:
     return _producer
 
 
-def enqueue_fer(job_id: str, app: Celery | None = None) -> None:
-    """Task id = job id: a redelivered or resent message names the same job, never a new one."""
+def enqueue_fer(job_id: str, app: Celery | None = None, *, options=None) -> None:
+    """Task id = job id: a redelivered or resent message names the same job, never a new one.
+    `options` (events.JobOptions) travel with it, so the workers need not read them back."""
     from moodtunes.events import FerJob, to_json
 
-    (app or producer()).send_task(FER_TASK, args=[to_json(FerJob(job_id=job_id))],
-                                  task_id=job_id, queue=get_settings().fer_queue)
+    (app or producer()).send_task(
+        FER_TASK,
+        args=[to_json(FerJob(job_id=job_id, options=options))],
+        task_id=job_id,
+        queue=get_settings().fer_queue,
+    )
 
 
 def enqueue_recommend(event, app: Celery | None = None) -> None:
     from moodtunes.events import to_json
 
-    (app or producer()).send_task(RECOMMEND_TASK, args=[to_json(event)],
-                                  task_id=f"{event.job_id}:recommend",
-                                  queue=get_settings().recommend_queue)
+    (app or producer()).send_task(
+        RECOMMEND_TASK,
+        args=[to_json(event)],
+        task_id=f"{event.job_id}:recommend",
+        queue=get_settings().recommend_queue,
+    )

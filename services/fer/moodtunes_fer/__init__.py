@@ -1,1 +1,2 @@
-"""FER service: face detection, the VGG16-layout CNN (training, export, serving client) and the PCA + classifier head."""
+"""FER worker runtime: decoding, face detection, the TF Serving gRPC client and the PCA + classifier
+head. Training lives apart, in training/fer (moodtunes_fer_training)."""

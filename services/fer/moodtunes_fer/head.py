@@ -60,8 +60,7 @@ def build_head(
     if kind == "svm":
         clf = SVC(kernel="rbf", C=C, gamma=gamma, random_state=seed)
         if probability:
-            clf = CalibratedClassifierCV(clf, method="sigmoid", cv=CALIBRATION_FOLDS,
-                                         ensemble=False)
+            clf = CalibratedClassifierCV(clf, method="sigmoid", cv=CALIBRATION_FOLDS, ensemble=False)
     elif kind == "knn":
         clf = KNeighborsClassifier(n_neighbors=k)
     elif kind == "tree":
@@ -76,10 +75,14 @@ def build_head(
 
 def head_params(kind: str, pca_components: int | None, **params) -> dict:
     """The hyperparameters that matter for `kind`, for model cards and reports."""
-    relevant = {"svm": ("C", "gamma", "probability"), "knn": ("k",), "tree": ("max_depth",),
-                "logreg": ()}[kind]
-    return {"kind": kind, "pca_components": pca_components,
-            **{key: params[key] for key in relevant if key in params}}
+    relevant = {"svm": ("C", "gamma", "probability"), "knn": ("k",), "tree": ("max_depth",), "logreg": ()}[
+        kind
+    ]
+    return {
+        "kind": kind,
+        "pca_components": pca_components,
+        **{key: params[key] for key in relevant if key in params},
+    }
 
 
 def proba_in_class_order(pipeline, features: np.ndarray) -> np.ndarray:
@@ -125,13 +128,15 @@ def save_head(pipeline, directory: str | os.PathLike, meta: dict | None = None) 
     out.mkdir(parents=True, exist_ok=True)
     joblib.dump(pipeline, out / HEAD_FILE, compress=3)
     meta = dict(meta or {})
-    meta.update({
-        "class_names": list(CLASS_NAMES),
-        "classes": np.asarray(pipeline.classes_).astype(int).tolist(),
-        "sklearn_version": sklearn.__version__,
-        "joblib_version": joblib.__version__,
-        "numpy_version": np.__version__,
-    })
+    meta.update(
+        {
+            "class_names": list(CLASS_NAMES),
+            "classes": np.asarray(pipeline.classes_).astype(int).tolist(),
+            "sklearn_version": sklearn.__version__,
+            "joblib_version": joblib.__version__,
+            "numpy_version": np.__version__,
+        }
+    )
     (out / META_FILE).write_text(json.dumps(meta, indent=2))
     return out
 
@@ -149,7 +154,8 @@ def load_head(directory: str | os.PathLike) -> Head:
     if _sklearn_release(saved) != _sklearn_release(sklearn.__version__):
         raise HeadVersionError(
             f"head in {directory} was saved with scikit-learn {saved} but {sklearn.__version__} "
-            f"is installed; install scikit-learn=={saved} or re-export the head")
+            f"is installed; install scikit-learn=={saved} or re-export the head"
+        )
     if tuple(meta.get("class_names", CLASS_NAMES)) != CLASS_NAMES:
         raise ValueError(f"head classes {meta['class_names']} differ from {CLASS_NAMES}")
     return Head(joblib.load(directory / HEAD_FILE), meta)

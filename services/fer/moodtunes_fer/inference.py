@@ -26,6 +26,8 @@ from moodtunes_fer.signature import (
     PROBABILITIES_KEY,
     SIGNATURE,
 )
+from moodtunes_tfserving.client import ModelServerClient
+
 HEAD_DIR = "head"
 MODEL_CARD = "model_card.json"
 BATCH_SIZE = 64
@@ -38,27 +40,25 @@ class HeadMismatchError(RuntimeError):
 
 
 class FeatureBackend(Protocol):
-    def features_and_probabilities(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-        ...
+    def features_and_probabilities(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]: ...
 
 
 def check_input(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 4 or x.shape[1:] != (INPUT_SIZE, INPUT_SIZE, INPUT_CHANNELS):
-        raise ValueError(f"expected float32 (N, {INPUT_SIZE}, {INPUT_SIZE}, {INPUT_CHANNELS}), "
-                         f"got {x.shape}")
+        raise ValueError(f"expected float32 (N, {INPUT_SIZE}, {INPUT_SIZE}, {INPUT_CHANNELS}), got {x.shape}")
     return x
 
 
 def batched(call, x: np.ndarray, batch_size: int):
-    """Runs `call(batch) -> (features, probabilities, version)` over x; one version for all."""
+    """Runs `call(batch) -> (features, probabilities, version)` over x in slices of at most
+    batch_size rows (the one place requests are split); one version for all."""
     x = check_input(x)
     if len(x) == 0:
-        return (np.zeros((0, FC1_UNITS), np.float32),
-                np.zeros((0, len(CLASS_NAMES)), np.float32), None)
+        return (np.zeros((0, FC1_UNITS), np.float32), np.zeros((0, len(CLASS_NAMES)), np.float32), None)
     feats, probs, versions = [], [], set()
     for start in range(0, len(x), batch_size):
-        f, p, v = call(x[start:start + batch_size])
+        f, p, v = call(x[start : start + batch_size])
         feats.append(f)
         probs.append(p)
         versions.add(v)
@@ -75,20 +75,28 @@ GRPC_BATCH_SIZE = 32
 class GrpcBackend:
     """TF Serving's PredictionService (or the local stand-in) through ModelServerClient."""
 
-    def __init__(self, address: str, model_name: str = DEFAULT_MODEL_NAME, *,
-                 version: int | None = None, signature_name: str = SIGNATURE,
-                 timeout_s: float = 10.0, batch_size: int = GRPC_BATCH_SIZE):
-        from moodtunes_fer.serving_client import ModelServerClient
-
-        self.client = ModelServerClient(address, model_name, signature_name=signature_name,
-                                        version=version, timeout_s=timeout_s)
+    def __init__(
+        self,
+        address: str,
+        model_name: str = DEFAULT_MODEL_NAME,
+        *,
+        version: int | None = None,
+        signature_name: str = SIGNATURE,
+        timeout_s: float = 10.0,
+        batch_size: int = GRPC_BATCH_SIZE,
+    ):
+        self.client = ModelServerClient(
+            address, model_name, signature_name=signature_name, version=version, timeout_s=timeout_s
+        )
         self.batch_size = batch_size
 
     def _call(self, batch: np.ndarray):
         result = self.client.predict({INPUT_KEY: batch})
-        return (np.asarray(result.outputs[FEATURES_KEY], np.float32),
-                np.asarray(result.outputs[PROBABILITIES_KEY], np.float32),
-                int(result.model_version) if result.model_version is not None else None)
+        return (
+            np.asarray(result.outputs[FEATURES_KEY], np.float32),
+            np.asarray(result.outputs[PROBABILITIES_KEY], np.float32),
+            int(result.model_version),
+        )
 
     def features_and_probabilities(self, x: np.ndarray):
         return batched(self._call, x, self.batch_size)
@@ -116,8 +124,9 @@ def version_dir(models_dir: str | os.PathLike, model_name: str, version: int | N
     if version is None:
         found = versions(models_dir, model_name)
         if not found:
-            raise FileNotFoundError(f"no exported versions under {model_dir(models_dir, model_name)}"
-                                    " (run `moodtunes fer export`)")
+            raise FileNotFoundError(
+                f"no exported versions under {model_dir(models_dir, model_name)} (run `moodtunes fer export`)"
+            )
         version = found[-1]
     path = model_dir(models_dir, model_name) / str(int(version))
     if not path.is_dir():
@@ -125,8 +134,9 @@ def version_dir(models_dir: str | os.PathLike, model_name: str, version: int | N
     return path
 
 
-def load_head_for_version(models_dir: str | os.PathLike, model_name: str = DEFAULT_MODEL_NAME,
-                          version: int | None = None) -> Head:
+def load_head_for_version(
+    models_dir: str | os.PathLike, model_name: str = DEFAULT_MODEL_NAME, version: int | None = None
+) -> Head:
     """The head fitted on the features of that CNN version (`<version>/head/`)."""
     return load_head(version_dir(models_dir, model_name, version) / HEAD_DIR)
 
@@ -136,6 +146,7 @@ class FerPrediction:
     probabilities: np.ndarray  # (N, 5) head probabilities, CLASS_NAMES order
     cnn_probabilities: np.ndarray  # (N, 5) the CNN's own softmax
     model_version: int | str | None
+    head: Head | None = None  # the head that answered (None when there was nothing to classify)
 
     @property
     def labels(self) -> list[str]:
@@ -144,11 +155,17 @@ class FerPrediction:
 
 class FerPipeline:
     """Backend + head. Pass `head` to pin one; or `models_dir` to pick the head of whichever CNN
-    version answered (TF Serving may roll to a new version between calls)."""
+    version answered (TF Serving may roll to a new version between calls). The one place a head
+    is chosen for a CNN version: the worker, evaluation and export all go through it."""
 
-    def __init__(self, backend: FeatureBackend, head: Head | None = None, *,
-                 models_dir: str | os.PathLike | None = None,
-                 model_name: str = DEFAULT_MODEL_NAME):
+    def __init__(
+        self,
+        backend: FeatureBackend,
+        head: Head | None = None,
+        *,
+        models_dir: str | os.PathLike | None = None,
+        model_name: str = DEFAULT_MODEL_NAME,
+    ):
         if head is None and models_dir is None:
             raise ValueError("give a head, or models_dir to look heads up by model version")
         self.backend = backend
@@ -161,14 +178,14 @@ class FerPipeline:
         if self.head is not None:
             fitted_on = self.head.meta.get("model_version")
             if fitted_on is not None and version is not None and str(fitted_on) != str(version):
-                raise HeadMismatchError(f"head was fitted on CNN version {fitted_on}, "
-                                        f"but version {version} answered")
+                raise HeadMismatchError(
+                    f"head was fitted on CNN version {fitted_on}, but version {version} answered"
+                )
             return self.head
         if version is None:
             raise HeadMismatchError("backend did not report a model version to pick a head")
         if version not in self._heads:
-            self._heads[version] = load_head_for_version(self.models_dir, self.model_name,
-                                                         int(version))
+            self._heads[version] = load_head_for_version(self.models_dir, self.model_name, int(version))
         return self._heads[version]
 
     def predict_input(self, x: np.ndarray) -> FerPrediction:
@@ -177,7 +194,7 @@ class FerPipeline:
         if len(features) == 0:
             return FerPrediction(np.zeros((0, len(CLASS_NAMES))), cnn_probs, version)
         head = self._head_for(version)
-        return FerPrediction(head.predict_proba(features), cnn_probs, version)
+        return FerPrediction(head.predict_proba(features), cnn_probs, version, head)
 
     def predict(self, crops) -> FerPrediction:
         """From uint8 greyscale face crops of any size."""

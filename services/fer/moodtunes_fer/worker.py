@@ -15,17 +15,23 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from moodtunes import jobs
 from moodtunes.config import get_settings
-from moodtunes.events import EmotionDetected, FerJob, ModelRef, from_json
+from moodtunes.events import EmotionDetected, FerJob, JobOptions, from_json, options_from_row
+from moodtunes.events import ModelRef as ModelRefMessage
 from moodtunes.queue import FER_TASK, enqueue_recommend, make_celery
+from moodtunes.results import Face, FaceBox, ModelRef
 from moodtunes_fer.signature import CLASS_NAMES
+from moodtunes_tfserving.client import ModelServerError
 
 log = logging.getLogger("moodtunes.fer")
 app = make_celery("moodtunes-fer")
 MODEL_RETRIES = 5
 # Worth retrying: the model server is restarting, overloaded or slow. Anything else (a bad input,
 # an unknown model) would fail the same way again.
-TRANSIENT_GRPC_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                        grpc.StatusCode.RESOURCE_EXHAUSTED}
+TRANSIENT_GRPC_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 
 class JobFailed(Exception):
@@ -35,106 +41,142 @@ class JobFailed(Exception):
 
 
 @lru_cache
-def backend():
-    from moodtunes_fer.inference import GrpcBackend
+def pipeline():
+    """The CNN behind the model server, and the head fitted on whichever version answers."""
+    from moodtunes_fer.inference import FerPipeline, GrpcBackend
 
     s = get_settings()
-    return GrpcBackend(s.model_server, s.model_name, signature_name=s.model_signature,
-                       version=s.model_version, timeout_s=s.model_timeout_s)
+    backend = GrpcBackend(
+        s.model_server,
+        s.model_name,
+        signature_name=s.model_signature,
+        version=s.model_version,
+        timeout_s=s.model_timeout_s,
+    )
+    return FerPipeline(backend, models_dir=s.models_dir, model_name=s.model_name)
 
 
-@lru_cache
-def head(version: int):
-    from moodtunes_fer.inference import load_head_for_version
-
-    s = get_settings()
-    return load_head_for_version(s.models_dir, s.model_name, version)
-
-
-def classify_faces(grey, boxes) -> tuple[list[dict], dict]:
+def classify_faces(grey, boxes) -> tuple[list[Face], ModelRef]:
     from moodtunes_fer.detection import crop
     from moodtunes_fer.preprocessing import to_model_input
 
     s = get_settings()
-    x = to_model_input([crop(grey, b, s.face_margin) for b in boxes])
-    features, cnn_probs, version = backend().features_and_probabilities(x)
-    h = head(version)
-    probs = h.predict_proba(features)
+    x = to_model_input([crop(grey, b, s.face_margin, s.face_shift) for b in boxes])
+    pred = pipeline().predict_input(x)
     faces = []
-    for box, p, cp in zip(boxes, probs, cnn_probs):
+    for box, p, cp in zip(boxes, pred.probabilities, pred.cnn_probabilities, strict=True):
         top = int(p.argmax())
-        faces.append({
-            "box": box.as_dict(),
-            "probabilities": {c: round(float(v), 6) for c, v in zip(CLASS_NAMES, p)},
-            "emotion": CLASS_NAMES[top], "confidence": round(float(p[top]), 6),
-            "cnn_probabilities": {c: round(float(v), 6) for c, v in zip(CLASS_NAMES, cp)},
-        })
-    model = {"name": get_settings().model_name, "version": int(version),
-             "head": h.meta.get("name") or h.meta.get("kind", "head")}
+        faces.append(
+            Face(
+                box=FaceBox(x=box.x, y=box.y, width=box.width, height=box.height),
+                probabilities={c: round(float(v), 6) for c, v in zip(CLASS_NAMES, p, strict=True)},
+                emotion=CLASS_NAMES[top],
+                confidence=round(float(p[top]), 6),
+                cnn_probabilities={c: round(float(v), 6) for c, v in zip(CLASS_NAMES, cp, strict=True)},
+                detector_score=box.score,
+            )
+        )
+    meta = pred.head.meta
+    model = ModelRef(
+        name=s.model_name,
+        version=int(pred.model_version),
+        head=str(meta.get("name") or meta.get("kind", "head")),
+    )
     return faces, model
 
 
-def publish(job: dict) -> None:
-    face = job["faces"][job["chosen_face"]]
+def emotion_event(
+    job_id: str, faces: list[Face], chosen: int, model: ModelRef, options: JobOptions
+) -> EmotionDetected:
+    """Everything the recommender needs, from what this worker holds: no job read to publish."""
     ts = Timestamp()
     ts.GetCurrentTime()
-    event = EmotionDetected(
-        job_id=str(job["id"]), emotions=list(CLASS_NAMES),
-        probabilities=[face["probabilities"][c] for c in CLASS_NAMES],
-        face_index=job["chosen_face"], faces_detected=len(job["faces"]),
-        model=ModelRef(name=job["model"]["name"], version=job["model"]["version"],
-                       head=str(job["model"]["head"])), detected_at=ts)
-    enqueue_recommend(event)
+    return EmotionDetected(
+        job_id=job_id,
+        emotions=list(CLASS_NAMES),
+        probabilities=[faces[chosen].probabilities[c] for c in CLASS_NAMES],
+        face_index=chosen,
+        faces_detected=len(faces),
+        model=ModelRefMessage(**model.model_dump()),
+        detected_at=ts,
+        options=options,
+    )
 
 
-def process(job_id: str) -> None:
-    from moodtunes_fer.detection import ImageDecodeError, decode_grey, detect_faces
-
-    s = get_settings()
+def republish(job_id: str, options: JobOptions | None) -> None:
+    """A job the FER stage cannot claim: if it crashed after classifying (recommending), the
+    event may never have left, so publish it again from the stored result (the recommender
+    ignores a duplicate); anything else has nothing left to do here."""
     job = jobs.get(job_id)
     if job is None:
         log.warning("unknown job %s: dropped", job_id)
-        return
-    if job["status"] == jobs.RECOMMENDING:  # crashed after classifying: publish again
-        publish(job)
-        return
-    if not jobs.transition(job_id, (jobs.QUEUED, jobs.DETECTING, jobs.CLASSIFYING), jobs.DETECTING):
+    elif job["status"] == jobs.RECOMMENDING:
+        faces = [Face.model_validate(f) for f in job["faces"]]
+        enqueue_recommend(
+            emotion_event(
+                job_id,
+                faces,
+                job["chosen_face"],
+                ModelRef.model_validate(job["model"]),
+                options or options_from_row(job),
+            )
+        )
+    else:
         log.info("job %s is %s: nothing to do", job_id, job["status"])
+
+
+def process(job_id: str, options: JobOptions | None = None) -> None:
+    """The FER stage of a job; `options` from its FerJob (None: a message from before they
+    travelled with it, read from the job row instead)."""
+    from moodtunes_fer.detection import ImageDecodeError, decode_grey, detect_faces
+
+    s = get_settings()
+    claimed = jobs.claim(job_id)  # -> detecting, with the photo, in one statement
+    if claimed is None:
+        republish(job_id, options)
         return
-    data = jobs.image(job_id)
-    if data is None:
+    if claimed["image"] is None:
         raise JobFailed("image_missing", "the uploaded image is no longer available; submit it again")
     try:
-        grey = decode_grey(data, s.max_image_pixels)
+        grey = decode_grey(claimed["image"], s.max_image_pixels)
     except ImageDecodeError as exc:
-        raise JobFailed("invalid_image", str(exc)) from exc
+        raise JobFailed(exc.code, str(exc)) from exc
     boxes = detect_faces(grey, s.min_face_px)
     if not boxes:
-        raise JobFailed("no_face", "No face was found in the photo. Use a well-lit photo with the "
-                                   "face looking at the camera, not too small in the frame.")
-    jobs.transition(job_id, (jobs.DETECTING,), jobs.CLASSIFYING)
+        raise JobFailed(
+            "no_face",
+            "No face was found in the photo. Use a well-lit photo with the "
+            "face looking at the camera, not too small in the frame.",
+        )
+    if not jobs.transition(job_id, (jobs.DETECTING,), jobs.CLASSIFYING):
+        log.info("job %s moved on while detecting (timed out?): stopped", job_id)
+        return
     faces, model = classify_faces(grey, boxes)
-    if jobs.transition(job_id, (jobs.CLASSIFYING,), jobs.RECOMMENDING,
-                       faces=faces, chosen_face=0, model=model):
-        publish(jobs.get(job_id))
+    if options is None:
+        options = options_from_row(jobs.get(job_id))
+    chosen = 0  # the largest face
+    if jobs.transition(
+        job_id, (jobs.CLASSIFYING,), jobs.RECOMMENDING, faces=faces, chosen_face=chosen, model=model
+    ):
+        enqueue_recommend(emotion_event(job_id, faces, chosen, model, options))
 
 
 @app.task(name=FER_TASK, bind=True, acks_late=True, max_retries=MODEL_RETRIES)
 def process_job(self, payload: dict) -> None:
-    job_id = from_json(payload, FerJob).job_id
+    message = from_json(payload, FerJob)
+    job_id = message.job_id
     try:
-        process(job_id)
+        process(job_id, message.options if message.HasField("options") else None)
     except JobFailed as exc:
         jobs.fail(job_id, exc.code, exc.message)
         log.info("job %s failed: %s", job_id, exc.code)
     except Exception as exc:
-        from moodtunes_fer.serving_client import ModelServerError
-
         transient = isinstance(exc, psycopg.OperationalError) or (
-            isinstance(exc, ModelServerError) and exc.code in TRANSIENT_GRPC_CODES)
+            isinstance(exc, ModelServerError) and exc.code in TRANSIENT_GRPC_CODES
+        )
         if transient and self.request.retries < self.max_retries:
             log.warning("job %s: transient error, retrying: %s", job_id, exc)
-            raise self.retry(exc=exc, countdown=min(30, 2 ** self.request.retries))
+            raise self.retry(exc=exc, countdown=min(30, 2**self.request.retries)) from exc
         code = "model_unavailable" if isinstance(exc, ModelServerError) else "internal_error"
         jobs.fail(job_id, code, f"emotion recognition failed: {exc}")
         log.exception("job %s failed", job_id)

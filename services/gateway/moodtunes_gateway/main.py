@@ -7,10 +7,12 @@ import contextlib
 import logging
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import make_asgi_app
+from fastapi_offline import FastAPIOffline
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import choose_encoder
 
 from moodtunes_gateway import errors
 from moodtunes_gateway.routes import health, jobs
@@ -46,23 +48,34 @@ async def lifespan(_: FastAPI):
 
 def create_app() -> FastAPI:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = FastAPI(title="moodtunes", version="0.1.0", lifespan=lifespan,
-                  description="Face photo -> emotion -> music. Submit a job, poll it, get a playlist.")
+    # /docs and /redoc with Swagger UI / ReDoc served by the app itself (fastapi-offline ships them),
+    # not from a CDN, so the API docs work on a machine without internet.
+    app = FastAPIOffline(
+        title="moodtunes",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Face photo -> emotion -> music. Submit a job, poll it, get a playlist.",
+    )
     errors.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
-    app.mount("/metrics", make_asgi_app())
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics_without_slash():  # else the web page mounted at "/" would answer it with a 404
-        return RedirectResponse("/metrics/")
+    @app.get("/metrics/", include_in_schema=False)  # the address it had before; scrapers may keep it
+    def metrics(request: Request) -> Response:
+        """Prometheus exposition at /metrics itself, with no redirect to follow, in the format the
+        scraper's Accept header asks for (as prometheus_client's own ASGI app would answer)."""
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encode(REGISTRY), media_type=content_type)
 
     if (STATIC / "index.html").exists():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="web")
     else:
+
         @app.get("/", include_in_schema=False)
         def root():
             return RedirectResponse("/docs")
+
     return app
 
 

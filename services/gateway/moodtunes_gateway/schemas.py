@@ -1,4 +1,8 @@
-"""Response models of the public API (they also document it at /docs)."""
+"""Response models of the public API (they also document it at /docs).
+
+A job's results (faces, model, recommendation) are the shared result schema of moodtunes.results,
+the very models the workers write; the status list is the job store's.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,24 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-Status = Literal["queued", "detecting", "classifying", "recommending", "done", "failed"]
+from moodtunes.jobs import STATUSES
+from moodtunes.results import Face, FaceBox, Filters, ModelRef, Recommendation, Track
+
+__all__ = [
+    "Status",
+    "ErrorInfo",
+    "JobAccepted",
+    "ImageInfo",
+    "Job",
+    "Face",
+    "FaceBox",
+    "Filters",
+    "ModelRef",
+    "Recommendation",
+    "Track",
+]
+
+Status = Literal[STATUSES]
 
 
 class ErrorInfo(BaseModel):
@@ -22,47 +43,6 @@ class JobAccepted(BaseModel):
     created_at: datetime
 
 
-class FaceBox(BaseModel):
-    x: int
-    y: int
-    width: int
-    height: int
-
-
-class Face(BaseModel):
-    box: FaceBox
-    probabilities: dict[str, float]
-    emotion: str
-    confidence: float
-    cnn_probabilities: dict[str, float] | None = None
-
-
-class Track(BaseModel):
-    track_id: str
-    name: str
-    artists: list[str]
-    year: int | None = None
-    popularity: int | None = None
-    genre: str | None = None
-    features: dict[str, float]
-    distance: float
-    position: int | None = None
-    spotify_url: str | None = None
-
-
-class Recommendation(BaseModel):
-    mode: str
-    emotion_probabilities: dict[str, float]
-    target: dict[str, float]
-    target_vector: list[float]
-    targets: list[dict[str, float]] | None = None
-    playlist_mean: dict[str, float] | None = None
-    filters: dict | None = None
-    diversity: float | None = None
-    excluded_disliked: int | None = None
-    tracks: list[Track]
-
-
 class ImageInfo(BaseModel):
     type: str | None
     bytes: int | None
@@ -75,7 +55,7 @@ class Job(BaseModel):
     status: Status
     mode: str
     limit: int
-    filters: dict | None = None
+    filters: Filters | None = None
     diversity: float | None = None
     created_at: datetime
     updated_at: datetime
@@ -84,6 +64,6 @@ class Job(BaseModel):
     image: ImageInfo
     faces: list[Face] | None = None
     chosen_face: int | None = None
-    model: dict | None = None
+    model: ModelRef | None = None
     recommendation: Recommendation | None = None
     error: ErrorInfo | None = None

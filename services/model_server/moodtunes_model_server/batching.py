@@ -6,20 +6,17 @@ A batch is handed to one of `num_batch_threads` threads when it is full, when a 
 opened behind it, or when its first task has waited `batch_timeout_micros`.
 
 As in TF Serving: a request with more rows than `max_batch_size` is rejected with INVALID_ARGUMENT
-("Task size N is larger than maximum input batch size M"), unless `enable_large_batch_splitting` is
-set, in which case it is split into pieces of at most `max_execution_batch_size` rows that may share
-batches with other requests, and the pieces' outputs are concatenated again. A full queue
-(`max_enqueued_batches` batches waiting) answers UNAVAILABLE. With `allowed_batch_sizes`, a batch is
-padded up to the next allowed size by repeating its first row; padded rows are dropped afterwards.
+("Task size N is larger than maximum input batch size M"); a full queue (`max_enqueued_batches`
+batches waiting) answers UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Hashable
 import logging
 import threading
 import time
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -34,41 +31,13 @@ log = logging.getLogger("moodtunes_model_server.batching")
 RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
-class _Request:
-    """One Predict call; completes once all of its pieces have outputs."""
-
-    def __init__(self, n_pieces: int):
-        self.future: Future = Future()
-        self._parts: list[dict[str, np.ndarray] | None] = [None] * n_pieces
-        self._missing = n_pieces
-        self._lock = threading.Lock()
-
-    def piece_done(self, index: int, outputs: dict[str, np.ndarray]) -> None:
-        with self._lock:
-            if self.future.done():
-                return
-            self._parts[index] = outputs
-            self._missing -= 1
-            if self._missing:
-                return
-            parts = self._parts
-            if len(parts) == 1:
-                self.future.set_result(parts[0])
-            else:
-                self.future.set_result({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
-
-    def piece_failed(self, exc: Exception) -> None:
-        with self._lock:
-            if not self.future.done():
-                self.future.set_exception(exc)
-
-
 @dataclass
 class _Task:
-    request: _Request
-    index: int
+    """One Predict call: its inputs, and the future its rows of the batch's outputs go to."""
+
     inputs: dict[str, np.ndarray]
     size: int
+    future: Future = field(default_factory=Future)
 
 
 @dataclass
@@ -109,7 +78,7 @@ class BatchScheduler:
         self.batch_size_counts: collections.Counter[int] = collections.Counter()
         self.batches_executed = 0
         self._threads = [
-            threading.Thread(target=self._worker, name=f"{options.thread_pool_name}-{i}", daemon=True)
+            threading.Thread(target=self._worker, name=f"batch_threads-{i}", daemon=True)
             for i in range(options.num_batch_threads)
         ]
         for t in self._threads:
@@ -126,46 +95,25 @@ class BatchScheduler:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"Task size {size} is larger than maximum input batch size {opts.max_batch_size}",
             )
-        limit = opts.execution_batch_size
         with self._cond:
             if self._stopping:
                 raise ServingError(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
             queue = self._queues.get(key)
             if queue is None:
                 queue = self._queues[key] = _Queue(key, fn, label)
-            open_batch = queue.batches[-1]
-            if opts.enable_large_batch_splitting:
-                capacity = (opts.max_enqueued_batches - len(queue.batches)) * limit + (
-                    limit - open_batch.size
-                )
-                if size > capacity:
-                    raise ServingError(
-                        grpc.StatusCode.UNAVAILABLE,
-                        "The batch scheduling queue to which this task was submitted is full; task size is "
-                        f"{size} but scheduling capacity is only {capacity}",
-                    )
-                sizes = _split_sizes(size, limit - open_batch.size, limit)
-            else:
-                if open_batch.size + size > limit and len(queue.batches) >= opts.max_enqueued_batches:
+            if queue.batches[-1].size + size > opts.max_batch_size:
+                if len(queue.batches) >= opts.max_enqueued_batches:
                     raise ServingError(
                         grpc.StatusCode.UNAVAILABLE,
                         "The batch scheduling queue to which this task was submitted is full; currently "
                         f"{len(queue.batches)} batches enqueued and max_enqueued_batches is "
                         f"{opts.max_enqueued_batches}",
                     )
-                sizes = [size]
-            request = _Request(len(sizes))
-            offset = 0
-            for index, piece in enumerate(sizes):
-                task_inputs = (
-                    inputs if len(sizes) == 1 else {k: v[offset : offset + piece] for k, v in inputs.items()}
-                )
-                offset += piece
-                if queue.batches[-1].size + piece > limit:
-                    queue.batches.append(_Batch())
-                queue.batches[-1].add(_Task(request, index, task_inputs, piece))
+                queue.batches.append(_Batch())
+            task = _Task(inputs, size)
+            queue.batches[-1].add(task)
             self._cond.notify_all()
-        return request.future
+        return task.future
 
     # -- execution ----------------------------------------------------------------------------
 
@@ -173,7 +121,7 @@ class BatchScheduler:
         """Pops the oldest schedulable batch; else returns how long until one may become ready."""
         now = time.monotonic()
         timeout = self.options.batch_timeout_micros / 1e6
-        limit = self.options.execution_batch_size
+        limit = self.options.max_batch_size
         best: _Queue | None = None
         wait: float | None = None
         for queue in self._queues.values():
@@ -221,45 +169,37 @@ class BatchScheduler:
     def _execute(self, queue: _Queue, batch: _Batch) -> None:
         tasks = batch.tasks
         rows = batch.size
-        padded = next((s for s in self.options.allowed_batch_sizes if s >= rows), rows) if rows else 0
         started = time.perf_counter()
         try:
-            if len(tasks) == 1 and padded == rows:
+            if len(tasks) == 1:
                 merged = tasks[0].inputs
             else:
                 merged = {k: np.concatenate([t.inputs[k] for t in tasks]) for k in tasks[0].inputs}
-            if padded > rows:
-                merged = {
-                    k: np.concatenate([v, np.repeat(v[:1], padded - rows, axis=0)]) for k, v in merged.items()
-                }
             outputs = queue.fn(merged)
             for name, value in outputs.items():
-                if np.ndim(value) == 0 or value.shape[0] != padded:
+                if np.ndim(value) == 0 or value.shape[0] != rows:
                     raise ServingError(
                         grpc.StatusCode.FAILED_PRECONDITION,
                         f"Batched output tensor '{name}' has shape {list(np.shape(value))}; "
-                        f"its 0th dimension must equal the batch size {padded}",
+                        f"its 0th dimension must equal the batch size {rows}",
                     )
         except Exception as exc:  # one bad batch must fail its requests, never the thread
             for task in tasks:
-                task.request.piece_failed(exc)
+                task.future.set_exception(exc)
             log.debug("batch failed queue=%s rows=%d: %s", queue.label, rows, exc)
             return
         offset = 0
         for task in tasks:
-            task.request.piece_done(
-                task.index, {k: v[offset : offset + task.size] for k, v in outputs.items()}
-            )
+            task.future.set_result({k: v[offset : offset + task.size] for k, v in outputs.items()})
             offset += task.size
         with self._cond:
             self.batch_size_counts[rows] += 1
             self.batches_executed += 1
         log.debug(
-            "batch executed queue=%s rows=%d tasks=%d padded_to=%d ms=%.1f",
+            "batch executed queue=%s rows=%d tasks=%d ms=%.1f",
             queue.label,
             rows,
             len(tasks),
-            padded,
             (time.perf_counter() - started) * 1e3,
         )
 
@@ -297,16 +237,3 @@ def _batch_size(inputs: dict[str, np.ndarray]) -> int:
             "Batching Run() input tensors must have equal 0th-dimension size",
         )
     return sizes.pop()
-
-
-def _split_sizes(size: int, open_remaining: int, limit: int) -> list[int]:
-    """Piece sizes: first fill the open batch's free slots, then whole execution batches."""
-    sizes = []
-    if open_remaining > 0:
-        first = min(size, open_remaining)
-        sizes.append(first)
-        size -= first
-    while size > 0:
-        sizes.append(min(size, limit))
-        size -= sizes[-1]
-    return sizes or [0]

@@ -1,9 +1,9 @@
 """Model versions on disk -> loaded SavedModels, with TF Serving's file-system source semantics.
 
 Layout: `<base_path>/<integer version>/saved_model.pb` (+ `variables/`). Anything else in the base
-path or in a version directory (a `head/` folder, `model_card.json`, ...) is ignored. The version
-policy (default: latest 1) decides which versions to serve; new ones are loaded before the ones they
-replace are unloaded, so there is always a version to answer with. Differences from TF Serving,
+path or in a version directory (a `head/` folder, `model_card.json`, ...) is ignored. The newest
+version is served (TF Serving's default policy, latest 1); a new one is loaded before the one it
+replaces is unloaded, so there is always a version to answer with. Differences from TF Serving,
 chosen for a development stand-in: a version directory without `saved_model.pb(txt)` is treated as
 not yet written (skipped, not a failed load); if the newest version fails to load, the previous one
 keeps serving; a version that failed for good is retried once its `saved_model.pb` changes.
@@ -25,7 +25,6 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from .config import ModelSettings
 from .errors import ServingError
 
 log = logging.getLogger("moodtunes_model_server.models")
@@ -37,7 +36,7 @@ _SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 @dataclass
 class Signature:
-    """One callable signature: its SignatureDef (for validation/metadata) and concrete function."""
+    """One callable signature: its SignatureDef (to validate requests) and concrete function."""
 
     name: str
     definition: meta_graph_pb2.SignatureDef
@@ -54,15 +53,7 @@ class Servable:
     version: int
     path: str
     signatures: dict[str, Signature]
-    signature_defs: dict[str, meta_graph_pb2.SignatureDef]  # every SignatureDef, as TF Serving reports
     loaded: object = field(repr=False)  # keeps variables alive while any request holds the servable
-
-
-@dataclass
-class VersionStatus:
-    state: str  # ModelVersionStatus.State name: START, LOADING, AVAILABLE, UNLOADING, END
-    error_code: grpc.StatusCode = grpc.StatusCode.OK
-    error_message: str = ""
 
 
 @dataclass
@@ -113,43 +104,37 @@ def load_servable(model: str, version: int, path: str) -> Servable:
         for key, fn in loaded.signatures.items()
         if key in meta_graph.signature_def
     }
-    return Servable(model, version, path, signatures, dict(meta_graph.signature_def), loaded)
+    return Servable(model, version, path, signatures, loaded)
 
 
 class ModelManager:
-    """Owns every model's loaded versions and their states; one thread polls the base paths."""
+    """Owns one model's loaded versions; one thread polls its base path for new ones."""
 
     def __init__(
         self,
-        models: list[ModelSettings],
+        name: str,
+        base_path: str,
         poll_wait_seconds: float = 1.0,
         max_num_load_retries: int = 5,
         load_retry_interval_s: float = 60.0,
     ):
-        self.settings = {m.name: m for m in models}
+        self.name = name
+        self.base_path = base_path
         self.poll_wait_seconds = poll_wait_seconds
         self.max_num_load_retries = max_num_load_retries
         self.load_retry_interval_s = load_retry_interval_s
         self._lock = threading.Lock()
-        self._servables: dict[str, dict[int, Servable]] = {m.name: {} for m in models}
-        self._states: dict[str, dict[int, VersionStatus]] = {m.name: {} for m in models}
-        self._failures: dict[tuple[str, int], _LoadFailure] = {}
-        self._last_scan_note: dict[str, str] = {}
+        self._servables: dict[int, Servable] = {}
+        self._failures: dict[int, _LoadFailure] = {}
+        self._last_scan_note = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- lookups (called from request threads) -----------------------------------------------
 
-    def get_servable(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+    def get_servable(self, name: str, version: int | None = None) -> Servable:
         with self._lock:
-            if label:
-                labels = self.settings[name].version_labels if name in self.settings else {}
-                if label not in labels:
-                    raise ServingError(
-                        grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}"
-                    )
-                version = labels[label]
-            versions = self._servables.get(name, {})
+            versions = self._servables if name == self.name else {}
             if version is None:
                 if not versions:
                     raise ServingError(
@@ -162,99 +147,70 @@ class ModelManager:
                 )
             return versions[version]
 
-    def version_states(self, name: str, version: int | None = None) -> list[tuple[int, VersionStatus]]:
-        """Newest first, like TF Serving's ServableStateMonitor; unloaded versions stay as END."""
+    def available(self) -> list[int]:
         with self._lock:
-            states = dict(self._states.get(name, {}))
-        if version is not None:
-            if version not in states:
-                raise ServingError(
-                    grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}"
-                )
-            return [(version, states[version])]
-        if not states:
-            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
-        return sorted(states.items(), reverse=True)
-
-    def available(self) -> dict[str, list[int]]:
-        with self._lock:
-            return {name: sorted(v) for name, v in self._servables.items()}
+            return sorted(self._servables)
 
     # -- loading -------------------------------------------------------------------------------
 
-    def poll_once(self) -> list[str]:
-        """Syncs every model with its base path; returns load errors of this round."""
-        errors = []
-        for settings in self.settings.values():
-            errors.extend(self._sync(settings))
-        return errors
-
-    def _scan(self, settings: ModelSettings) -> dict[int, str]:
+    def _scan(self) -> dict[int, str]:
         try:
-            found = list_versions(settings.base_path)
+            found = list_versions(self.base_path)
             note = (
-                ""
-                if found
-                else f"No versions of servable {settings.name} found under base path {settings.base_path}"
+                "" if found else f"No versions of servable {self.name} found under base path {self.base_path}"
             )
         except OSError as exc:
-            found, note = {}, f"Cannot read base path of servable {settings.name}: {exc}"
-        if note and self._last_scan_note.get(settings.name) != note:
+            found, note = {}, f"Cannot read base path of servable {self.name}: {exc}"
+        if note and self._last_scan_note != note:
             log.warning("%s", note)
-        self._last_scan_note[settings.name] = note
+        self._last_scan_note = note
         return found
 
-    def _set_state(self, name: str, version: int, status: VersionStatus) -> None:
-        with self._lock:
-            self._states[name][version] = status
-
-    def _sync(self, settings: ModelSettings) -> list[str]:
-        name = settings.name
-        found = self._scan(settings)
-        aspired = settings.version_policy.select(sorted(found))
+    def poll_once(self) -> list[str]:
+        """Syncs the loaded versions with the base path; returns load errors of this round."""
+        found = self._scan()
+        newest = max(found, default=None)
         errors = []
-        for version in sorted(aspired):
-            if version not in self._servables[name] and self._should_try(name, version, found[version]):
-                error = self._load(name, version, found[version])
-                if error:
-                    errors.append(error)
+        if newest is not None and newest not in self._servables and self._should_try(newest, found[newest]):
+            error = self._load(newest, found[newest])
+            if error:
+                errors.append(error)
         with self._lock:
-            loaded = dict(self._servables[name])
-        aspired_available = any(v in loaded for v in aspired)
-        for version in sorted(loaded):
-            if version not in aspired and (aspired_available or version not in found):
-                self._unload(name, version)
+            loaded = sorted(self._servables)
+        for version in loaded:
+            # An older version keeps serving until the newest one is up (or its files are gone).
+            if version != newest and (newest in loaded or version not in found):
+                self._unload(version)
         return errors
 
-    def _should_try(self, name: str, version: int, path: str) -> bool:
-        failure = self._failures.get((name, version))
+    def _should_try(self, version: int, path: str) -> bool:
+        failure = self._failures.get(version)
         if failure is None:
             return True
         model_file = saved_model_file(path)
         if model_file is not None and model_file.stat().st_mtime != failure.mtime:
-            del self._failures[(name, version)]  # rewritten since it failed: start afresh
+            del self._failures[version]  # rewritten since it failed: start afresh
             return True
         return failure.attempts <= self.max_num_load_retries and time.monotonic() >= failure.next_try
 
-    def _load(self, name: str, version: int, path: str) -> str | None:
-        self._set_state(name, version, VersionStatus("LOADING"))
+    def _load(self, version: int, path: str) -> str | None:
+        name = self.name
         log.info("Loading servable version {name: %s version: %d} from %s", name, version, path)
         started = time.perf_counter()
         try:
             servable = load_servable(name, version, path)
         except Exception as exc:  # a broken version must not take the server down
-            key = (name, version)
-            prev = self._failures.get(key)
+            prev = self._failures.get(version)
             attempts = (prev.attempts if prev else 0) + 1
             model_file = saved_model_file(path)
             mtime = model_file.stat().st_mtime if model_file else 0.0
-            self._failures[key] = _LoadFailure(attempts, time.monotonic() + self.load_retry_interval_s, mtime)
+            self._failures[version] = _LoadFailure(
+                attempts, time.monotonic() + self.load_retry_interval_s, mtime
+            )
             message = (
                 f"Loading servable: {{name: {name} version: {version}}} failed: {type(exc).__name__}: {exc}"
             )
             gave_up = attempts > self.max_num_load_retries
-            state = "END" if gave_up else "LOADING"
-            self._set_state(name, version, VersionStatus(state, grpc.StatusCode.UNKNOWN, message))
             log.error(
                 "%s%s",
                 message,
@@ -262,9 +218,8 @@ class ModelManager:
             )
             return message
         with self._lock:
-            self._servables[name][version] = servable
-            self._states[name][version] = VersionStatus("AVAILABLE")
-        self._failures.pop((name, version), None)
+            self._servables[version] = servable
+        self._failures.pop(version, None)
         log.info(
             "Successfully loaded servable version {name: %s version: %d} signatures=%s in %.1fs",
             name,
@@ -274,12 +229,10 @@ class ModelManager:
         )
         return None
 
-    def _unload(self, name: str, version: int) -> None:
+    def _unload(self, version: int) -> None:
         with self._lock:
-            self._states[name][version] = VersionStatus("UNLOADING")
-            self._servables[name].pop(version, None)
-            self._states[name][version] = VersionStatus("END")
-        log.info("Unloaded servable version {name: %s version: %d}", name, version)
+            self._servables.pop(version, None)
+        log.info("Unloaded servable version {name: %s version: %d}", self.name, version)
 
     # -- polling thread ------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
-"""`moodtunes-model-server`: a local stand-in for `tensorflow_model_server` (gRPC API only).
+"""`moodtunes-model-server`: a local stand-in for `tensorflow_model_server`, as the local stack runs it.
 
-Flags keep tensorflow_model_server's names and meanings, so deploy scripts read the same:
+One model, its newest version, Predict over gRPC, optional batching. Flags keep
+tensorflow_model_server's names and meanings:
 
-    moodtunes-model-server --port=8500 --model_config_file=deploy/tfserving/models.config \\
+    moodtunes-model-server --port=8500 --model_name=fer_vgg16 --model_base_path=models/fer_vgg16 \\
         --enable_batching=true --batching_parameters_file=deploy/tfserving/batching.config
 """
 
@@ -16,13 +17,7 @@ import sys
 import threading
 from concurrent import futures
 
-from .config import (
-    BatchingOptions,
-    ConfigError,
-    ModelSettings,
-    load_batching_parameters,
-    load_model_server_config,
-)
+from .config import BatchingOptions, ConfigError, load_batching_parameters
 
 log = logging.getLogger("moodtunes_model_server")
 
@@ -42,8 +37,8 @@ def _parse_bool(text: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="moodtunes-model-server",
-        description="Serves TF SavedModels over TensorFlow Serving's gRPC API (PredictionService, "
-        "ModelService) with TF Serving's flags, model layout, version polling and batching.",
+        description="Serves a TF SavedModel over TensorFlow Serving's gRPC Predict, with TF Serving's "
+        "flags, model layout, version polling and batching.",
     )
     p.add_argument(
         "--port", type=int, default=8500, help="gRPC port (default 8500; 0 picks a free one, logged at start)"
@@ -54,24 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to listen on (not a TF Serving flag, which always binds 0.0.0.0; default 0.0.0.0)",
     )
     p.add_argument(
-        "--rest_api_port",
-        type=int,
-        default=0,
-        help="accepted for command-line compatibility and ignored: this server has no REST API",
-    )
-    p.add_argument(
         "--model_name",
         default="default",
         help="model name when --model_base_path is used (default 'default')",
     )
     p.add_argument(
         "--model_base_path", default="", help="directory holding integer-named version directories"
-    )
-    p.add_argument(
-        "--model_config_file",
-        default="",
-        help="ModelServerConfig text proto with one or more models "
-        "(overrides --model_name/--model_base_path)",
     )
     p.add_argument(
         "--enable_batching",
@@ -94,25 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between scans of the base paths for new versions; 0 scans only at startup",
     )
     p.add_argument(
-        "--max_num_load_retries", type=int, default=5, help="retries of a failed version load (default 5)"
-    )
-    p.add_argument(
-        "--load_retry_interval_micros",
-        type=int,
-        default=60_000_000,
-        help="wait between load retries in microseconds (default 60 s)",
-    )
-    p.add_argument(
         "--grpc_max_threads",
         type=int,
         default=max(16, 4 * (os.cpu_count() or 1)),
         help="threads handling gRPC calls; with batching, bounds how many requests can wait in a batch",
-    )
-    p.add_argument(
-        "--tensorflow_intra_op_parallelism", type=int, default=0, help="TF intra-op threads (0: TF decides)"
-    )
-    p.add_argument(
-        "--tensorflow_inter_op_parallelism", type=int, default=0, help="TF inter-op threads (0: TF decides)"
     )
     p.add_argument(
         "--log_level",
@@ -143,16 +111,10 @@ def setup_logging(level: str) -> None:
     root.propagate = False
 
 
-def resolve_config(args: argparse.Namespace) -> tuple[list[ModelSettings], BatchingOptions | None]:
-    """Flags -> model list and batching options; everything that can be checked without TF."""
-    if args.model_config_file:
-        if args.model_base_path:
-            log.warning("--model_config_file is set: ignoring --model_name/--model_base_path")
-        models = load_model_server_config(args.model_config_file)
-    elif args.model_base_path:
-        models = [ModelSettings(args.model_name, args.model_base_path)]
-    else:
-        raise ConfigError("either --model_config_file or --model_base_path must be given")
+def resolve_config(args: argparse.Namespace) -> BatchingOptions | None:
+    """Checks the flags and reads the batching options: everything that can be checked without TF."""
+    if not args.model_base_path:
+        raise ConfigError("--model_base_path must be given")
     batching = None
     if args.enable_batching:
         batching = (
@@ -162,18 +124,16 @@ def resolve_config(args: argparse.Namespace) -> tuple[list[ModelSettings], Batch
         )
     elif args.batching_parameters_file:
         log.warning("--batching_parameters_file is ignored without --enable_batching")
-    if args.rest_api_port:
-        log.warning("--rest_api_port=%d ignored: this server speaks gRPC only", args.rest_api_port)
     if args.grpc_max_threads < 1:
         raise ConfigError("--grpc_max_threads must be >= 1")
-    return models, batching
+    return batching
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
-        models, batching = resolve_config(args)
+        batching = resolve_config(args)
     except ConfigError as exc:
         log.error("Invalid configuration: %s", exc)
         return 2
@@ -189,23 +149,15 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's C++ INFO chatter is not ours to print
     import grpc
-    import tensorflow as tf
-    from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+    from moodtunes_tfserving.proto.tensorflow_serving.apis import prediction_service_pb2_grpc
 
     from .batching import BatchScheduler
     from .models import ModelManager
-    from .servicer import ModelServicer, PredictionServicer
-
-    if args.tensorflow_intra_op_parallelism:
-        tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
-    if args.tensorflow_inter_op_parallelism:
-        tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
+    from .servicer import PredictionServicer
 
     manager = ModelManager(
-        models,
-        poll_wait_seconds=args.file_system_poll_wait_seconds,
-        max_num_load_retries=args.max_num_load_retries,
-        load_retry_interval_s=args.load_retry_interval_micros / 1e6,
+        args.model_name, args.model_base_path, poll_wait_seconds=args.file_system_poll_wait_seconds
     )
     errors = manager.poll_once()
     if errors:
@@ -225,7 +177,6 @@ def main(argv: list[str] | None = None) -> int:
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionServicer(manager, scheduler), server
     )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
     try:
         port = server.add_insecure_port(f"{args.bind_address}:{args.port}")
     except RuntimeError as exc:
@@ -243,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     server.start()
     manager.start_polling()
 
-    served = ", ".join(
-        f"{name} {versions or '(no versions yet)'}" for name, versions in manager.available().items()
-    )
+    served = f"{manager.name} {manager.available() or '(no versions yet)'}"
     batching_text = (
         f"batching max_batch_size={batching.max_batch_size} "
         f"batch_timeout_micros={batching.batch_timeout_micros} "

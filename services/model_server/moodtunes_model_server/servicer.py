@@ -1,7 +1,7 @@
-"""tensorflow.serving.PredictionService and ModelService over the loaded models.
+"""tensorflow.serving.PredictionService.Predict over the loaded model: the one call the product makes.
 
-Checks, their order, status codes and messages follow TF Serving's predict_util.cc,
-get_model_metadata_impl.cc and get_model_status_impl.cc, so a client sees the same answers.
+Checks, their order, status codes and messages follow TF Serving's predict_util.cc, so a client sees
+the same answers. The other RPCs answer UNIMPLEMENTED (the generated base class does that).
 """
 
 from __future__ import annotations
@@ -12,23 +12,15 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
+
+from moodtunes_tfserving.proto.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from moodtunes_tfserving.tensors import DataType, dtype_name, make_ndarray, write_tensor_proto
 
 from .batching import BatchScheduler
 from .errors import ServingError
 from .models import DEFAULT_SIGNATURE, ModelManager, Servable
-from .tensors import to_ndarray, write_tensor_proto
 
 log = logging.getLogger("moodtunes_model_server.servicer")
-
-_SIGNATURE_DEF = "signature_def"
 
 
 def _abort_on_error(context: grpc.ServicerContext, fn, *args):
@@ -49,10 +41,9 @@ def _status_code(value: int) -> grpc.StatusCode:
 
 
 def _dtype_text(enum: int) -> str:
-    try:
-        return f"{tf.as_dtype(enum).name} ({types_pb2.DataType.Name(enum)})"
-    except (TypeError, ValueError):
+    if enum not in DataType.values():
         return f"DataType {enum}"
+    return f"{dtype_name(enum)} ({DataType.Name(enum)})"
 
 
 def _shape_text(dims) -> str:
@@ -60,9 +51,13 @@ def _shape_text(dims) -> str:
 
 
 def _resolve(models: ModelManager, spec) -> Servable:
+    if spec.WhichOneof("version_choice") == "version_label":
+        # No labels are configured here, which TF Serving answers so too.
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {spec.version_label}"
+        )
     version = spec.version.value if spec.HasField("version") else None
-    label = spec.version_label if spec.WhichOneof("version_choice") == "version_label" else None
-    return models.get_servable(spec.name, version, label)
+    return models.get_servable(spec.name, version)
 
 
 def _decode_inputs(definition, request) -> dict[str, np.ndarray]:
@@ -87,7 +82,7 @@ def _decode_inputs(definition, request) -> dict[str, np.ndarray]:
                 f"Inputs expected to be in the set {{{','.join(order)}}}.",
             )
         try:
-            value = to_ndarray(proto)
+            value = make_ndarray(proto)
         except Exception:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"tensor parsing error: {alias}") from None
         info = expected[alias]
@@ -170,75 +165,6 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.name = spec.name
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = signature_name
-        for alias in aliases:
-            write_tensor_proto(outputs[alias], response.outputs[alias])
+        for alias in aliases:  # typed value fields, as TF Serving answers (Tensor::AsProtoField)
+            write_tensor_proto(outputs[alias], response.outputs[alias], typed_values=True)
         return response
-
-    def GetModelMetadata(self, request, context):
-        return _abort_on_error(context, self._metadata, request)
-
-    def _metadata(self, request):
-        if not request.HasField("model_spec"):
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
-        if not request.metadata_field:
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "GetModelMetadataRequest must specify at least one metadata_field",
-            )
-        for name in request.metadata_field:
-            if name != _SIGNATURE_DEF:
-                raise ServingError(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {name} is not supported"
-                )
-        servable = _resolve(self.models, request.model_spec)
-        signature_map = get_model_metadata_pb2.SignatureDefMap()
-        for key, definition in servable.signature_defs.items():
-            signature_map.signature_def[key].CopyFrom(definition)
-        response = get_model_metadata_pb2.GetModelMetadataResponse()
-        response.model_spec.name = servable.model
-        response.model_spec.version.value = servable.version
-        response.metadata[_SIGNATURE_DEF].Pack(signature_map)
-        return response
-
-    def _unsupported(self, context, method: str):
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, f"{method} is not supported by moodtunes-model-server; use Predict"
-        )
-
-    def Classify(self, request, context):
-        self._unsupported(context, "Classify")
-
-    def Regress(self, request, context):
-        self._unsupported(context, "Regress")
-
-    def MultiInference(self, request, context):
-        self._unsupported(context, "MultiInference")
-
-
-class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, models: ModelManager):
-        self.models = models
-
-    def GetModelStatus(self, request, context):
-        return _abort_on_error(context, self._status, request)
-
-    def _status(self, request):
-        if not request.HasField("model_spec"):
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
-        spec = request.model_spec
-        version = spec.version.value if spec.HasField("version") else None
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for number, status in self.models.version_states(spec.name, version):
-            entry = response.model_version_status.add()
-            entry.version = number
-            entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(status.state)
-            entry.status.error_code = status.error_code.value[0]
-            entry.status.error_message = status.error_message
-        return response
-
-    def HandleReloadConfigRequest(self, request, context):
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "HandleReloadConfigRequest is not supported by moodtunes-model-server; "
-            "restart it with the new config",
-        )

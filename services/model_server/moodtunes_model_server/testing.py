@@ -35,7 +35,7 @@ class ServerStartError(RuntimeError):
 
 @dataclass
 class ServerProcess:
-    address: str  # "127.0.0.1:PORT", ready for grpc.insecure_channel / ModelServerClient
+    address: str  # "127.0.0.1:PORT", ready for grpc.insecure_channel / moodtunes_tfserving's client
     port: int
     process: subprocess.Popen
     log_path: Path
@@ -69,9 +69,8 @@ def server_command(args: Sequence[str]) -> list[str]:
 @contextlib.contextmanager
 def run_server(
     *,
-    model_base_path: str | os.PathLike | None = None,
+    model_base_path: str | os.PathLike,
     model_name: str = "default",
-    model_config_file: str | os.PathLike | None = None,
     enable_batching: bool = False,
     batching_parameters_file: str | os.PathLike | None = None,
     file_system_poll_wait_seconds: float = 1.0,
@@ -92,11 +91,9 @@ def run_server(
         "--bind_address=127.0.0.1",
         f"--file_system_poll_wait_seconds={file_system_poll_wait_seconds}",
         f"--log_level={log_level}",
+        f"--model_name={model_name}",
+        f"--model_base_path={model_base_path}",
     ]
-    if model_config_file is not None:
-        args.append(f"--model_config_file={model_config_file}")
-    if model_base_path is not None:
-        args += [f"--model_name={model_name}", f"--model_base_path={model_base_path}"]
     if enable_batching:
         args.append("--enable_batching=true")
     if batching_parameters_file is not None:

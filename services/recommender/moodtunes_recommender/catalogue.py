@@ -2,43 +2,81 @@
 
 Any CSV with the feature columns works; extra columns are ignored and optional ones may be
 missing. Rejected rows are reported with their line number and reason, never silently dropped.
+
+`python -m moodtunes_recommender.catalogue load --default` is the catalogue step of the production
+migrate job (the recommender image has no `moodtunes` CLI); `moodtunes catalogue load` runs the
+same `load_and_report`.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import gzip
 import math
 import re
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from tqdm import tqdm
 
 from moodtunes.config import get_settings
 from moodtunes.db import connection
-from moodtunes.modes import config as mapping_config
+from moodtunes_recommender.mapping import feature_vector
 
 
 def default_catalogue() -> Path:
     """The shipped catalogue, or $CATALOGUE_PATH (container images keep it outside the package)."""
     return get_settings().catalogue_path
 
+
 REQUIRED = ("track_id", "name", "artists", "danceability", "energy", "valence", "tempo", "mode")
 UNIT = ("danceability", "energy", "valence", "acousticness", "instrumentalness", "speechiness", "liveness")
 # column -> (type, min, max); None bounds are open
 OPTIONAL = {
-    "year": (int, 1800, 2100), "popularity": (int, 0, 100), "genre": (str, None, None),
-    "acousticness": (float, 0, 1), "instrumentalness": (float, 0, 1), "speechiness": (float, 0, 1),
-    "liveness": (float, 0, 1), "loudness": (float, -80, 10), "key": (int, -1, 11),
-    "duration_ms": (int, 0, None), "decade": (int, 1800, 2100), "explicit": (bool, None, None),
-    "primary_source": (str, None, None), "sources": (str, None, None),
+    "year": (int, 1800, 2100),
+    "popularity": (int, 0, 100),
+    "genre": (str, None, None),
+    "acousticness": (float, 0, 1),
+    "instrumentalness": (float, 0, 1),
+    "speechiness": (float, 0, 1),
+    "liveness": (float, 0, 1),
+    "loudness": (float, -80, 10),
+    "key": (int, -1, 11),
+    "duration_ms": (int, 0, None),
+    "decade": (int, 1800, 2100),
+    "explicit": (bool, None, None),
+    "primary_source": (str, None, None),
+    "sources": (str, None, None),
 }
-COLUMNS = ("track_id", "name", "artists", "year", "popularity", "genre", "danceability", "energy",
-           "valence", "tempo", "mode", "acousticness", "instrumentalness", "speechiness", "liveness",
-           "loudness", "key", "duration_ms", "decade", "explicit", "primary_source", "sources",
-           "song_key", "features")
+COLUMNS = (
+    "track_id",
+    "name",
+    "artists",
+    "year",
+    "popularity",
+    "genre",
+    "danceability",
+    "energy",
+    "valence",
+    "tempo",
+    "mode",
+    "acousticness",
+    "instrumentalness",
+    "speechiness",
+    "liveness",
+    "loudness",
+    "key",
+    "duration_ms",
+    "decade",
+    "explicit",
+    "primary_source",
+    "sources",
+    "song_key",
+    "features",
+)
 MAX_TEMPO = 300.0
 BATCH = 5000
 
@@ -56,8 +94,13 @@ class LoadReport:
     duplicates_in_file: int = 0
 
     def as_dict(self) -> dict:
-        return {"rows": self.rows, "loaded": self.loaded, "rejected": self.rejected,
-                "duplicates_in_file": self.duplicates_in_file, "rejects": self.rejects[:50]}
+        return {
+            "rows": self.rows,
+            "loaded": self.loaded,
+            "rejected": self.rejected,
+            "duplicates_in_file": self.duplicates_in_file,
+            "rejects": self.rejects[:50],
+        }
 
 
 def song_key(name: str, artists: str) -> str:
@@ -113,17 +156,18 @@ def parse_row(row: dict) -> dict:
     for col, (kind, lo, hi) in OPTIONAL.items():
         rec[col] = (row.get(col) or "").strip() or None if kind is str else _number(row, col, kind, lo, hi)
     rec["song_key"] = song_key(rec["name"], rec["artists"])
-    scale = mapping_config()["tempo_scale"]
-    vec = (rec["danceability"], rec["energy"], rec["valence"], min(rec["tempo"] / scale, 1.0), rec["mode"])
-    rec["features"] = "[" + ",".join(f"{v:.6g}" for v in vec) + "]"
+    rec["features"] = "[" + ",".join(f"{v:.6g}" for v in feature_vector(rec)) + "]"
     return rec
 
 
 def _open_text(path: Path):
     with open(path, "rb") as f:
         gz = f.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rt", newline="", encoding="utf-8") if gz else open(
-        path, newline="", encoding="utf-8")
+    return (
+        gzip.open(path, "rt", newline="", encoding="utf-8")
+        if gz
+        else open(path, newline="", encoding="utf-8")
+    )
 
 
 def read_csv(path: Path, report: LoadReport) -> Iterator[dict]:
@@ -155,8 +199,10 @@ def create_vector_indexes(conn, maintenance_work_mem: str = "512MB") -> None:
     """Building once after a bulk load is several times faster than inserting into the graphs."""
     conn.execute(f"SET LOCAL maintenance_work_mem = '{maintenance_work_mem}'")
     for name, mode in VECTOR_INDEXES.items():
-        conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON tracks "
-                     f"USING hnsw (features vector_l2_ops) WHERE mode = {mode}")
+        conn.execute(
+            f"CREATE INDEX IF NOT EXISTS {name} ON tracks "
+            f"USING hnsw (features vector_l2_ops) WHERE mode = {mode}"
+        )
 
 
 def count_tracks(database_url: str | None = None) -> int:
@@ -185,15 +231,16 @@ def load_csv(path: str | Path, database_url: str | None = None, progress: bool =
                 for rec in batch.values():
                     copy.write_row([rec[c] for c in COLUMNS])
             conn.execute(f"""INSERT INTO tracks ({cols})
-                             SELECT {cols.replace('features', 'features::vector')} FROM tracks_in
+                             SELECT {cols.replace("features", "features::vector")} FROM tracks_in
                              ON CONFLICT (track_id) DO UPDATE SET {updates}, loaded_at = now()""")
             conn.execute("TRUNCATE tracks_in")
             report.loaded += len(batch)
             batch.clear()
 
         rows = read_csv(path, report)
-        for rec in tqdm(rows, desc=f"loading {path.name}", unit=" rows", disable=not progress,
-                        mininterval=1.0):
+        for rec in tqdm(
+            rows, desc=f"loading {path.name}", unit=" rows", disable=not progress, mininterval=1.0
+        ):
             if rec["track_id"] in batch:
                 report.duplicates_in_file += 1
             batch[rec["track_id"]] = rec
@@ -204,3 +251,49 @@ def load_csv(path: str | Path, database_url: str | None = None, progress: bool =
             create_vector_indexes(conn)
         conn.execute("ANALYZE tracks")
     return report
+
+
+def load_and_report(
+    source: str | Path, rejects_csv: str | Path | None = None, echo: Callable[[str], None] = print
+) -> LoadReport:
+    """Loads SOURCE and prints the summary; the one body behind both entry points."""
+    report = load_csv(source)
+    echo(
+        f"{source}: {report.rows} rows, {report.loaded} loaded, {report.rejected} rejected, "
+        f"{report.duplicates_in_file} duplicate ids in the file; catalogue now {count_tracks()} tracks"
+    )
+    for line, reason in report.rejects[:20]:
+        echo(f"  rejected line {line}: {reason}")
+    if rejects_csv:
+        with open(rejects_csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["line", "reason"])
+            w.writerows(report.rejects)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m moodtunes_recommender.catalogue",
+        description="The track catalogue in PostgreSQL ($DATABASE_URL).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    load = commands.add_parser("load", help="validate and upsert a catalogue (idempotent, by track_id)")
+    load.add_argument("path", nargs="?", type=Path, help="CSV or CSV.gz with the catalogue's columns")
+    load.add_argument(
+        "--default", action="store_true", help="load the shipped catalogue ($CATALOGUE_PATH in the images)"
+    )
+    load.add_argument("--rejects", type=Path, help="write rejected rows (line, reason) to this CSV")
+    args = parser.parse_args(argv)
+    if args.default == (args.path is not None):
+        parser.error("give a PATH or --default (not both)")
+    try:
+        load_and_report(default_catalogue() if args.default else args.path, args.rejects)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,6 +15,17 @@ def features() -> list[str]:
     return list(config()["features"])
 
 
+def feature_vector(track) -> np.ndarray:
+    """A track's point in matching space: its values of `features()` with tempo divided by
+    `tempo_scale` (capped at 1). The one definition: the catalogue stores it in `tracks.features`
+    for the index and the playlist builder ranks with it, so both measure the same distances."""
+    cfg = config()
+    vec = np.array([float(track[f]) for f in cfg["features"]], dtype=np.float64)
+    tempo = cfg["features"].index("tempo")
+    vec[tempo] = min(vec[tempo] / cfg["tempo_scale"], 1.0)
+    return vec
+
+
 def matrix(mode: str) -> np.ndarray:
     """(emotions x features) rows of a mode."""
     return np.array(list(config()["modes"][mode]["rows"].values()), dtype=np.float64)
@@ -69,6 +80,6 @@ def min_valence(mode: str, n: int) -> list[float | None]:
 
 def describe(vector) -> dict:
     """A feature vector in user units (tempo in BPM)."""
-    out = dict(zip(features(), (float(v) for v in vector)))
+    out = dict(zip(features(), (float(v) for v in vector), strict=True))
     out["tempo"] = out["tempo"] * config()["tempo_scale"]
     return out

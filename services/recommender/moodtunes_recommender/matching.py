@@ -6,59 +6,54 @@ LIMIT is met), so a filtered query still returns `limit` tracks when the catalog
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from moodtunes.modes import config
+from moodtunes.results import Filters, Track
+from moodtunes_recommender.mapping import feature_vector
 
-TRACK_FIELDS = ("track_id", "name", "artists", "year", "popularity", "genre", "danceability",
-                "energy", "valence", "tempo", "mode", "song_key")
+__all__ = ["Filters", "feature_vector", "build_playlist", "candidates", "filter_sql"]
+
+TRACK_FIELDS = (
+    "track_id",
+    "name",
+    "artists",
+    "year",
+    "popularity",
+    "genre",
+    "danceability",
+    "energy",
+    "valence",
+    "tempo",
+    "mode",
+    "song_key",
+)
 EF_SEARCH = 100  # HNSW candidate list: recall vs. latency (pgvector's default is 40)
 MAX_CANDIDATES = 2000
 
 
-@dataclass(frozen=True)
-class Filters:
-    year_min: int | None = None
-    year_max: int | None = None
-    genres: tuple[str, ...] = ()
-    min_popularity: int | None = None
-    exclude_explicit: bool = False
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "Filters":
-        d = d or {}
-        return cls(d.get("year_min"), d.get("year_max"), tuple(d.get("genres") or ()),
-                   d.get("min_popularity"), bool(d.get("exclude_explicit")))
-
-    def sql(self) -> tuple[list[str], dict]:
-        where, params = [], {}
-        if self.year_min is not None:
-            where.append("year >= %(year_min)s")
-            params["year_min"] = self.year_min
-        if self.year_max is not None:
-            where.append("year <= %(year_max)s")
-            params["year_max"] = self.year_max
-        if self.genres:
-            where.append("genre ILIKE ANY(%(genres)s)")
-            params["genres"] = [f"%{g}%" for g in self.genres]
-        if self.min_popularity is not None:
-            where.append("popularity >= %(min_popularity)s")
-            params["min_popularity"] = self.min_popularity
-        if self.exclude_explicit:
-            where.append("explicit IS NOT TRUE")  # unknown (no flag in the data) is kept
-        return where, params
+def filter_sql(filters: Filters) -> tuple[list[str], dict]:
+    """WHERE conditions (and their parameters) of the playlist filters."""
+    where, params = [], {}
+    if filters.year_min is not None:
+        where.append("year >= %(year_min)s")
+        params["year_min"] = filters.year_min
+    if filters.year_max is not None:
+        where.append("year <= %(year_max)s")
+        params["year_max"] = filters.year_max
+    if filters.genres:
+        where.append("genre ILIKE ANY(%(genres)s)")
+        params["genres"] = [f"%{g}%" for g in filters.genres]
+    if filters.min_popularity is not None:
+        where.append("popularity >= %(min_popularity)s")
+        params["min_popularity"] = filters.min_popularity
+    if filters.exclude_explicit:
+        where.append("explicit IS NOT TRUE")  # unknown (no flag in the data) is kept
+    return where, params
 
 
 def vector_literal(vec) -> str:
     return "[" + ",".join(f"{float(v):.6f}" for v in vec) + "]"
-
-
-def feature_vector(row: dict) -> np.ndarray:
-    scale = config()["tempo_scale"]
-    return np.array([row["danceability"], row["energy"], row["valence"],
-                     min(row["tempo"] / scale, 1.0), row["mode"]], dtype=np.float64)
 
 
 def artist_set(artists: str) -> frozenset[str]:
@@ -69,17 +64,38 @@ def nearest_sql(where: list[str]) -> str:
     """k nearest over both mode partitions (one HNSW graph each), merged by distance: exact merge,
     since within a partition every track has the same mode term in its distance."""
     extra = "".join(f" AND {w}" for w in where)
-    part = ("(SELECT {fields}, features <-> %(t)s::vector AS distance FROM tracks "
-            "WHERE mode = {mode}{extra} ORDER BY features <-> %(t)s::vector LIMIT %(k)s)")
+    part = (
+        "(SELECT {fields}, features <-> %(t)s::vector AS distance FROM tracks "
+        "WHERE mode = {mode}{extra} ORDER BY features <-> %(t)s::vector LIMIT %(k)s)"
+    )
     fields = ", ".join(TRACK_FIELDS)
-    return (" UNION ALL ".join(part.format(fields=fields, mode=m, extra=extra) for m in (0, 1))
-            + " ORDER BY distance, track_id LIMIT %(k)s")
+    return (
+        " UNION ALL ".join(part.format(fields=fields, mode=m, extra=extra) for m in (0, 1))
+        + " ORDER BY distance, track_id LIMIT %(k)s"
+    )
 
 
-def candidates(conn, target, k: int, filters: Filters, exclude: list[str], min_valence=None,
-               exact: bool = False) -> list[dict]:
-    """The k nearest tracks to `target` that pass the filters, nearest first."""
-    where, params = filters.sql()
+def _set_local(conn, settings: dict | None, name: str, value) -> None:
+    """SET LOCAL, skipped when `settings` (what this transaction already set) says it is in force."""
+    if settings is None or settings.get(name) != str(value):
+        conn.execute(f"SET LOCAL {name} = {value}")
+        if settings is not None:
+            settings[name] = str(value)
+
+
+def candidates(
+    conn,
+    target,
+    k: int,
+    filters: Filters,
+    exclude: list[str],
+    min_valence=None,
+    exact: bool = False,
+    settings: dict | None = None,
+) -> list[dict]:
+    """The k nearest tracks to `target` that pass the filters, nearest first. `settings` remembers
+    the planner settings made in this transaction, so a playlist sends each only once."""
+    where, params = filter_sql(filters)
     if exclude:
         where.append("track_id <> ALL(%(exclude)s)")
         params["exclude"] = list(exclude)
@@ -88,46 +104,59 @@ def candidates(conn, target, k: int, filters: Filters, exclude: list[str], min_v
         params["min_valence"] = min_valence
     params.update(t=vector_literal(target), k=k)
     if exact:
-        conn.execute("SET LOCAL enable_indexscan = off")
+        _set_local(conn, settings, "enable_indexscan", "off")
     else:
-        conn.execute(f"SET LOCAL hnsw.ef_search = {min(1000, max(EF_SEARCH, k))}")
+        _set_local(conn, settings, "enable_indexscan", "on")
+        _set_local(conn, settings, "hnsw.ef_search", min(1000, max(EF_SEARCH, k)))
         if where:
-            conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            _set_local(conn, settings, "hnsw.iterative_scan", "relaxed_order")
     rows = conn.execute(nearest_sql(where), params).fetchall()
-    if exact:
+    if exact and settings is None:
         conn.execute("SET LOCAL enable_indexscan = on")
     return rows
 
 
-def build_playlist(conn, targets: np.ndarray, filters: Filters = Filters(), exclude=(),
-                   diversity: float | None = None, min_valence=None) -> list[dict]:
+def build_playlist(
+    conn,
+    targets: np.ndarray,
+    filters: Filters | None = None,
+    exclude=(),
+    diversity: float | None = None,
+    min_valence=None,
+) -> list[Track]:
     """One track per target row, chosen by maximal marginal relevance under the playlist rules:
     no track or song (same name + first artist) twice, no artist twice in a row."""
+    filters = filters or Filters()
+    settings = {"enable_indexscan": "on"}  # planner settings in force in this transaction
     cfg = config()["playlist"]
     diversity = cfg["diversity"] if diversity is None else diversity
     cap = cfg["diversity_cap"]
     n = len(targets)
     min_valence = list(min_valence) if min_valence is not None else [None] * n
-    distinct = {(tuple(np.round(t, 6)), mv) for t, mv in zip(targets, min_valence)}
+    distinct = {(tuple(np.round(t, 6)), mv) for t, mv in zip(targets, min_valence, strict=True)}
     k = max(cfg["min_candidates"], cfg["candidates_per_track"] * (n if len(distinct) == 1 else 3))
     pools: dict = {}
-    tracks: list[dict] = []
+    tracks: list[Track] = []
     vectors: list[np.ndarray] = []  # feature vectors of the chosen tracks, for the diversity term
     used_ids, used_songs = set(exclude), set()
     prev_artists: frozenset[str] = frozenset()
-    for i, (t, mv) in enumerate(zip(targets, min_valence)):
+    for i, (t, mv) in enumerate(zip(targets, min_valence, strict=True)):
         key = (tuple(np.round(t, 6)), mv)
         pick = None
         for attempt in range(4):
             if key not in pools or attempt:
-                size = min(MAX_CANDIDATES, k * 2 ** attempt)
-                rows = candidates(conn, t, size, filters, sorted(used_ids), mv)
-                if len(rows) < size and (filters.sql()[0] or mv is not None):
-                    rows = candidates(conn, t, size, filters, sorted(used_ids), mv, exact=True)
+                size = min(MAX_CANDIDATES, k * 2**attempt)
+                rows = candidates(conn, t, size, filters, sorted(used_ids), mv, settings=settings)
+                if len(rows) < size and (filter_sql(filters)[0] or mv is not None):
+                    rows = candidates(
+                        conn, t, size, filters, sorted(used_ids), mv, exact=True, settings=settings
+                    )
                 pools[key] = rows
-            pool = [r for r in pools[key] if r["track_id"] not in used_ids and r["song_key"] not in used_songs]
+            pool = [
+                r for r in pools[key] if r["track_id"] not in used_ids and r["song_key"] not in used_songs
+            ]
             pick = _best(pool, t, vectors, diversity, cap, prev_artists)
-            if pick is not None or len(pools[key]) < min(MAX_CANDIDATES, k * 2 ** attempt):
+            if pick is not None or len(pools[key]) < min(MAX_CANDIDATES, k * 2**attempt):
                 break
         if pick is None:
             break  # the catalogue (after filters) has no more tracks
@@ -135,8 +164,10 @@ def build_playlist(conn, targets: np.ndarray, filters: Filters = Filters(), excl
         used_ids.add(row["track_id"])
         used_songs.add(row["song_key"])
         prev_artists = artist_set(row["artists"])
-        tracks.append(track_json(row, float(np.linalg.norm(vec - t)), i))
+        tracks.append(track(row, float(np.linalg.norm(vec - t)), i))
         vectors.append(vec)
+    if settings["enable_indexscan"] != "on":  # leave the transaction as it was for the caller
+        _set_local(conn, settings, "enable_indexscan", "on")
     return tracks
 
 
@@ -157,13 +188,15 @@ def _best(pool, target, chosen_vecs, diversity, cap, prev_artists):
     return best or fallback
 
 
-def track_json(row: dict, distance: float, position: int) -> dict:
-    return {
-        "track_id": row["track_id"], "name": row["name"],
-        "artists": [a.strip() for a in row["artists"].split(";") if a.strip()],
-        "year": row["year"], "popularity": row["popularity"], "genre": row["genre"],
-        "features": {k: float(row[k]) for k in ("danceability", "energy", "valence", "tempo")}
-        | {"mode": int(row["mode"])},
-        "distance": round(distance, 6),
-        "position": position,
-    }
+def track(row: dict, distance: float, position: int) -> Track:
+    return Track(
+        track_id=row["track_id"],
+        name=row["name"],
+        artists=[a.strip() for a in row["artists"].split(";") if a.strip()],
+        year=row["year"],
+        popularity=row["popularity"],
+        genre=row["genre"],
+        features={f: float(row[f]) for f in config()["features"]},
+        distance=round(distance, 6),
+        position=position,
+    )

@@ -1,4 +1,8 @@
-"""Recommender worker: consumes EmotionDetected events, writes the recommendation, ends the job."""
+"""Recommender worker: consumes EmotionDetected events, writes the recommendation, ends the job.
+
+The event carries everything the playlist depends on (probabilities, mode, limit, filters,
+diversity, client key), so the job row is only locked and finished, never read for its options.
+"""
 
 from __future__ import annotations
 
@@ -6,54 +10,74 @@ import logging
 
 from moodtunes import jobs
 from moodtunes.db import connection
-from moodtunes.events import EmotionDetected, from_json
+from moodtunes.events import EmotionDetected, filters_of, from_json, options_from_row
 from moodtunes.queue import RECOMMEND_TASK, make_celery
+from moodtunes.results import Recommendation
 from moodtunes_recommender import mapping, matching
 
 log = logging.getLogger("moodtunes.recommender")
 app = make_celery("moodtunes-recommender")
 
 
-def disliked(conn, client_key: str | None, mode: str) -> list[str]:
-    if not client_key:
-        return []
-    rows = conn.execute("SELECT track_id FROM feedback WHERE client_key = %s AND mode = %s AND NOT liked",
-                        (client_key, mode)).fetchall()
-    return [r["track_id"] for r in rows]
+def lock_job(conn, job_id: str, client_key: str, mode: str) -> tuple[str | None, list[str]]:
+    """The job's status, its row locked until this transaction ends, and the tracks this client
+    disliked in this mode, in one round trip. The lock makes a concurrent redelivery of the same
+    event wait, then find the job done: the playlist is built and written once."""
+    row = conn.execute(
+        """SELECT status, ARRAY(SELECT track_id FROM feedback
+                                WHERE client_key = %s AND mode = %s AND NOT liked
+                                ORDER BY track_id) AS disliked
+           FROM jobs WHERE id = %s FOR UPDATE""",
+        (client_key or None, mode, job_id),
+    ).fetchone()
+    return (row["status"], list(row["disliked"])) if row else (None, [])
 
 
-def recommend(event: EmotionDetected) -> dict | None:
-    job = jobs.get(event.job_id)
-    if job is None or job["status"] != jobs.RECOMMENDING:
-        log.info("job %s is %s: nothing to do", event.job_id, job and job["status"])
-        return None  # redelivered event of a finished job, or an unknown job
+def recommend(event: EmotionDetected) -> Recommendation | None:
     if list(event.emotions) != mapping.emotions():
         raise ValueError(f"event emotions {list(event.emotions)} != {mapping.emotions()}")
-    mode, n = job["mode"], job["track_limit"]
+    options = event.options
+    if not event.HasField("options"):  # queued before events carried options
+        job = jobs.get(event.job_id)
+        if job is None:
+            log.info("job %s is unknown: nothing to do", event.job_id)
+            return None
+        options = options_from_row(job)
+    mode, n = options.mode, options.limit
+    filters = filters_of(options)
+    diversity = options.diversity if options.HasField("diversity") else None
     probs = list(event.probabilities)
     targets = mapping.targets(probs, mode, n)
-    filters = matching.Filters.from_dict(job["filters"])
     with connection() as conn:
-        excluded = disliked(conn, job["client_key"], mode)
-        tracks = matching.build_playlist(conn, targets, filters, excluded, job["diversity"],
-                                         mapping.min_valence(mode, n))
-    goal = mapping.target(probs, mode)
-    features = mapping.features()
-    recommendation = {
-        "mode": mode,
-        "emotion_probabilities": dict(zip(event.emotions, (round(p, 6) for p in event.probabilities))),
-        "target": mapping.describe(goal),
-        "target_vector": [round(float(v), 6) for v in goal],
-        "targets": [mapping.describe(t) for t in targets[: len(tracks)]],
-        "playlist_mean": ({f: round(sum(t["features"][f] for t in tracks) / len(tracks), 6) for f in features}
-                          if tracks else None),
-        "filters": job["filters"],
-        "diversity": job["diversity"],
-        "excluded_disliked": len(excluded),
-        "tracks": tracks,
-    }
-    if jobs.transition(event.job_id, (jobs.RECOMMENDING,), jobs.DONE, recommendation=recommendation):
-        log.info("job %s done: %d tracks", event.job_id, len(tracks))
+        status, excluded = lock_job(conn, event.job_id, options.client_key, mode)
+        if status != jobs.RECOMMENDING:
+            log.info("job %s is %s: nothing to do", event.job_id, status)
+            return None  # redelivered event of a finished job, or an unknown job
+        tracks = matching.build_playlist(
+            conn, targets, filters, excluded, diversity, mapping.min_valence(mode, n)
+        )
+        goal = mapping.target(probs, mode)
+        features = mapping.features()
+        recommendation = Recommendation(
+            mode=mode,
+            emotion_probabilities=dict(zip(event.emotions, (round(p, 6) for p in probs), strict=True)),
+            target=mapping.describe(goal),
+            target_vector=[round(float(v), 6) for v in goal],
+            targets=[mapping.describe(t) for t in targets[: len(tracks)]],
+            playlist_mean=(
+                {f: round(sum(t.features[f] for t in tracks) / len(tracks), 6) for f in features}
+                if tracks
+                else None
+            ),
+            filters=filters,
+            diversity=diversity,
+            excluded_disliked=len(excluded),
+            tracks=tracks,
+        )
+        jobs.transition(
+            event.job_id, (jobs.RECOMMENDING,), jobs.DONE, conn=conn, recommendation=recommendation
+        )
+    log.info("job %s done: %d tracks", event.job_id, len(tracks))
     return recommendation
 
 
@@ -71,6 +95,6 @@ def recommend_task(self, payload: dict) -> None:
         recommend(event)
     except Exception as exc:
         if self.request.retries < self.max_retries:
-            raise self.retry(exc=exc, countdown=1 + 2 * self.request.retries)
+            raise self.retry(exc=exc, countdown=1 + 2 * self.request.retries) from exc
         jobs.fail(event.job_id, "recommendation_failed", f"could not build the playlist: {exc}")
         raise

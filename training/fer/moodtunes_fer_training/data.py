@@ -18,8 +18,7 @@ def resolve_data_path(path: str | os.PathLike | None) -> Path:
     """The dataset path: explicit argument, else $MOODTUNES_FER_DATA, else the shared default."""
     candidate = Path(path or os.environ.get(DATA_ENV) or DEFAULT_DATA)
     if not candidate.is_file():
-        raise FileNotFoundError(
-            f"FER dataset not found at {candidate}; pass --data or set {DATA_ENV}")
+        raise FileNotFoundError(f"FER dataset not found at {candidate}; pass --data or set {DATA_ENV}")
     return candidate
 
 

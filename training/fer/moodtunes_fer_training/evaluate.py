@@ -26,8 +26,7 @@ def classification_metrics(y_true, y_pred, num_classes: int = len(CLASS_NAMES)) 
     recall = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro",
-                                   zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "per_class_recall": {CLASS_NAMES[i]: float(r) for i, r in enumerate(recall)},
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "n": int(len(y_true)),
@@ -50,15 +49,19 @@ def evaluate(
     In process (default) the version dir is loaded directly; with `server="host:port"` the CNN
     answers over gRPC and the head is picked by the version the server reports.
     """
-    from moodtunes_fer_training import data as fer_data
     from moodtunes_fer import inference
+    from moodtunes_fer_training import data as fer_data
 
     path = fer_data.resolve_data_path(data)
     s = fer_data.load_split(path, split)
     if server:
-        backend = inference.GrpcBackend(server, model_name, version=version,
-                                        timeout_s=timeout_s,
-                                        batch_size=min(batch_size, inference.GRPC_BATCH_SIZE))
+        backend = inference.GrpcBackend(
+            server,
+            model_name,
+            version=version,
+            timeout_s=timeout_s,
+            batch_size=min(batch_size, inference.GRPC_BATCH_SIZE),
+        )
         pipeline = inference.FerPipeline(backend, models_dir=models_dir, model_name=model_name)
         route = ROUTE_GRPC
     else:
@@ -73,15 +76,16 @@ def evaluate(
             backend.close()
     y_pred = pred.probabilities.argmax(axis=1)
     result = classification_metrics(s.y, y_pred)
-    result.update({
-        "cnn_accuracy": classification_metrics(s.y, pred.cnn_probabilities.argmax(axis=1))[
-            "accuracy"],
-        "model_name": model_name,
-        "model_version": pred.model_version,
-        "route": route,
-        "data": str(path),
-        "split": split,
-    })
+    result.update(
+        {
+            "cnn_accuracy": classification_metrics(s.y, pred.cnn_probabilities.argmax(axis=1))["accuracy"],
+            "model_name": model_name,
+            "model_version": pred.model_version,
+            "route": route,
+            "data": str(path),
+            "split": split,
+        }
+    )
     if return_predictions:
         result["predictions"] = y_pred.tolist()
     return result
@@ -102,6 +106,6 @@ def format_report(result: dict) -> str:
     lines += [f"  {name:<{width}}  {r:.4f}" for name, r in result["per_class_recall"].items()]
     lines += ["", "confusion matrix (rows: true, columns: predicted)"]
     lines.append(" " * (width + 2) + "".join(f"{c[:7]:>8}" for c in CLASS_NAMES))
-    for name, row in zip(CLASS_NAMES, result["confusion_matrix"]):
+    for name, row in zip(CLASS_NAMES, result["confusion_matrix"], strict=False):
         lines.append(f"  {name:<{width}}" + "".join(f"{v:>8d}" for v in row))
     return "\n".join(lines)

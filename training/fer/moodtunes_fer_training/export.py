@@ -20,12 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from moodtunes_fer_training.in_process import InProcessBackend
 from moodtunes_fer import inference
-from moodtunes_fer.head import (PCA_COMPONENTS, SEED, SVM_C, SVM_GAMMA, Head, build_head,
-                               save_head)
-from moodtunes_fer_training.model import (CLASS_NAMES, FC1_UNITS, INPUT_CHANNELS, INPUT_SIZE,
-                                 SERVING_FEATURE_LAYER)
+from moodtunes_fer.head import PCA_COMPONENTS, SEED, SVM_C, SVM_GAMMA, Head, build_head, save_head
+from moodtunes_fer_training.in_process import InProcessBackend
+from moodtunes_fer_training.model import (
+    CLASS_NAMES,
+    FC1_UNITS,
+    INPUT_CHANNELS,
+    INPUT_SIZE,
+    SERVING_FEATURE_LAYER,
+)
 
 MODEL_NAME = inference.DEFAULT_MODEL_NAME
 CHECKPOINT = "runs/fer_vgg16/best.keras"
@@ -52,8 +56,13 @@ def serving_module(model, tta: bool = True):
             self.extractor = extractor
             self.tta = tta
 
-        @tf.function(input_signature=[tf.TensorSpec(
-            [None, INPUT_SIZE, INPUT_SIZE, INPUT_CHANNELS], tf.float32, name=inference.INPUT_KEY)])
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec(
+                    [None, INPUT_SIZE, INPUT_SIZE, INPUT_CHANNELS], tf.float32, name=inference.INPUT_KEY
+                )
+            ]
+        )
         def serve(self, image):
             batch = tf.concat([image, tf.reverse(image, axis=[2])], 0) if self.tta else image
             out = self.extractor(batch, training=False)
@@ -62,8 +71,10 @@ def serving_module(model, tta: bool = True):
                 n = tf.shape(image)[0]
                 features = (features[:n] + features[n:]) / 2.0
                 probs = (probs[:n] + probs[n:]) / 2.0
-            return {inference.FEATURES_KEY: tf.identity(features, name="features"),
-                    inference.PROBABILITIES_KEY: tf.identity(probs, name="probabilities")}
+            return {
+                inference.FEATURES_KEY: tf.identity(features, name="features"),
+                inference.PROBABILITIES_KEY: tf.identity(probs, name="probabilities"),
+            }
 
     return FerServing()
 
@@ -100,9 +111,14 @@ def library_versions() -> dict:
     import sklearn
     import tensorflow as tf
 
-    return {"python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__, "scikit-learn": sklearn.__version__,
-            "numpy": np.__version__, "joblib": joblib.__version__}
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+        "joblib": joblib.__version__,
+    }
 
 
 def stratified_subset(x, y, n: int | None, seed: int):
@@ -119,17 +135,27 @@ def _architecture(model) -> dict:
     from moodtunes_fer_training.model import BLOCKS, FC2_UNITS
 
     return {
-        "name": model.name, "layout": "VGG16 (13 conv in blocks 2-2-3-3-3, BN, max-pool; "
+        "name": model.name,
+        "layout": "VGG16 (13 conv in blocks 2-2-3-3-3, BN, max-pool; "
         "Flatten -> Dense 1024 -> ReLU -> Dense 512 -> ReLU -> Dropout -> softmax)",
         "conv_blocks": [{"filters": f, "convs": c} for f, c in BLOCKS],
-        "fc1_units": FC1_UNITS, "fc2_units": FC2_UNITS,
+        "fc1_units": FC1_UNITS,
+        "fc2_units": FC2_UNITS,
         "parameters": int(model.count_params()),
-        "input": {"name": inference.INPUT_KEY, "dtype": "float32",
-                  "shape": [None, INPUT_SIZE, INPUT_SIZE, INPUT_CHANNELS], "range": "0..255"},
-        "outputs": {inference.FEATURES_KEY: {"dtype": "float32", "shape": [None, FC1_UNITS],
-                                             "layer": SERVING_FEATURE_LAYER},
-                    inference.PROBABILITIES_KEY: {"dtype": "float32",
-                                                  "shape": [None, len(CLASS_NAMES)]}},
+        "input": {
+            "name": inference.INPUT_KEY,
+            "dtype": "float32",
+            "shape": [None, INPUT_SIZE, INPUT_SIZE, INPUT_CHANNELS],
+            "range": "0..255",
+        },
+        "outputs": {
+            inference.FEATURES_KEY: {
+                "dtype": "float32",
+                "shape": [None, FC1_UNITS],
+                "layer": SERVING_FEATURE_LAYER,
+            },
+            inference.PROBABILITIES_KEY: {"dtype": "float32", "shape": [None, len(CLASS_NAMES)]},
+        },
         "signature": inference.SIGNATURE,
     }
 
@@ -156,9 +182,9 @@ def export(
     """Writes `<models_dir>/<model_name>/<version>/` and returns its model card."""
     import keras
 
+    from moodtunes_fer.head import head_params
     from moodtunes_fer_training import data as fer_data
     from moodtunes_fer_training.evaluate import classification_metrics
-    from moodtunes_fer.head import head_params
 
     t_start = time.perf_counter()
     checkpoint = Path(checkpoint)
@@ -188,7 +214,7 @@ def export(
         f_fit, _, _ = backend.features_and_probabilities(to_model_input(x_fit))
         feature_seconds = time.perf_counter() - t0
 
-        params = dict(C=C, gamma=gamma, k=k, max_depth=max_depth, probability=True)
+        params = {"C": C, "gamma": gamma, "k": k, "max_depth": max_depth, "probability": True}
         n_comp = pca_components
         if n_comp and n_comp > min(f_fit.shape):  # tiny data: PCA cannot exceed the sample count
             n_comp = int(min(f_fit.shape))
@@ -201,12 +227,18 @@ def export(
         log(f"head fitted in {head_fit_seconds:.1f}s")
 
         head_meta = {
-            "name": f"pca{n_comp or 'none'}_{head_kind}", "kind": head_kind,
-            "model_name": model_name, "model_version": version,
-            "feature_layer": SERVING_FEATURE_LAYER, "feature_dim": int(f_fit.shape[1]),
-            "tta": tta, "params": head_params(head_kind, n_comp, **params),
-            "fitted_on": {"images": int(len(y_fit)),
-                          "class_counts": fer_data.class_counts(y_fit, len(CLASS_NAMES))},
+            "name": f"pca{n_comp or 'none'}_{head_kind}",
+            "kind": head_kind,
+            "model_name": model_name,
+            "model_version": version,
+            "feature_layer": SERVING_FEATURE_LAYER,
+            "feature_dim": int(f_fit.shape[1]),
+            "tta": tta,
+            "params": head_params(head_kind, n_comp, **params),
+            "fitted_on": {
+                "images": int(len(y_fit)),
+                "class_counts": fer_data.class_counts(y_fit, len(CLASS_NAMES)),
+            },
             "fit_seconds": round(head_fit_seconds, 2),
         }
         head = Head(pipeline, head_meta)
@@ -215,11 +247,14 @@ def export(
         pred = pipe.predict(val.x)
         eval_seconds = time.perf_counter() - t0
         metrics = {
-            "split": "val", **classification_metrics(val.y, pred.probabilities.argmax(1)),
+            "split": "val",
+            **classification_metrics(val.y, pred.probabilities.argmax(1)),
             "cnn_softmax": classification_metrics(val.y, pred.cnn_probabilities.argmax(1)),
         }
-        log(f"val accuracy: pipeline {metrics['accuracy']:.4f}, "
-            f"CNN softmax {metrics['cnn_softmax']['accuracy']:.4f}")
+        log(
+            f"val accuracy: pipeline {metrics['accuracy']:.4f}, "
+            f"CNN softmax {metrics['cnn_softmax']['accuracy']:.4f}"
+        )
         del pipe, backend
         save_head(pipeline, staging / inference.HEAD_DIR, head_meta)
 
@@ -232,8 +267,10 @@ def export(
             "checkpoint": str(checkpoint),
             "class_names": list(CLASS_NAMES),
             "data": {
-                "path": str(data), "train_cleaning": train.report,
-                "head_fit_images": int(len(y_fit)), "max_train": max_train,
+                "path": str(data),
+                "train_cleaning": train.report,
+                "head_fit_images": int(len(y_fit)),
+                "max_train": max_train,
                 "head_fit_class_counts": fer_data.class_counts(y_fit, len(CLASS_NAMES)),
                 "val_images": int(len(val.y)),
                 "val_class_counts": fer_data.class_counts(val.y, len(CLASS_NAMES)),
@@ -241,36 +278,57 @@ def export(
             "preprocessing": {
                 "input": "uint8 greyscale face crop",
                 "resize": f"to {INPUT_SIZE}x{INPUT_SIZE}: cv2 INTER_AREA when shrinking, "
-                          "INTER_LINEAR when enlarging",
+                "INTER_LINEAR when enlarging",
                 "filtering": "none: training and serving both see the sharp 48x48 face",
-                "model_input": "float32 (N, 48, 48, 1) pixels 0..255; 1/255 rescaling is "
-                               "inside the model",
+                "model_input": "float32 (N, 48, 48, 1) pixels 0..255; 1/255 rescaling is inside the model",
                 "tta": "mean of image and horizontal flip" if tta else None,
             },
             "tta": tta,
             "architecture": _architecture(model),
-            "head": head_meta["params"] | {"pipeline": " -> ".join(
-                type(step).__name__ if step != "passthrough" else "passthrough"
-                for _, step in pipeline.steps)},
+            "head": head_meta["params"]
+            | {
+                "pipeline": " -> ".join(
+                    type(step).__name__ if step != "passthrough" else "passthrough"
+                    for _, step in pipeline.steps
+                )
+            },
             "hyperparameters": {
-                key: state.get(key) for key in (
-                    "epochs_planned", "batch_size", "peak_lr", "seed", "class_weights",
-                    "hyperparameters")},
+                key: state.get(key)
+                for key in (
+                    "epochs_planned",
+                    "batch_size",
+                    "peak_lr",
+                    "seed",
+                    "class_weights",
+                    "hyperparameters",
+                )
+            },
             "metrics": metrics,
             "training": {
                 "train_dir": str(train_dir),
-                **{key: state.get(key) for key in (
-                    "epochs_done", "train_seconds", "best_val_accuracy", "best_epoch",
-                    "finished", "last_epoch_images_per_s", "data_report")},
+                **{
+                    key: state.get(key)
+                    for key in (
+                        "epochs_done",
+                        "train_seconds",
+                        "best_val_accuracy",
+                        "best_epoch",
+                        "finished",
+                        "last_epoch_images_per_s",
+                        "data_report",
+                    )
+                },
                 "hardware": [seg.get("hardware") for seg in state.get("segments", [])],
                 "init_from": state.get("init_from"),
                 "total_epochs": _lineage_total(state, "epochs_done"),
                 "total_train_seconds": _lineage_total(state, "train_seconds"),
             },
             "libraries": library_versions(),
-            "timings_s": {"feature_extraction": round(feature_seconds, 2),
-                          "head_fit": round(head_fit_seconds, 2),
-                          "val_evaluation": round(eval_seconds, 2)},
+            "timings_s": {
+                "feature_extraction": round(feature_seconds, 2),
+                "head_fit": round(head_fit_seconds, 2),
+                "val_evaluation": round(eval_seconds, 2),
+            },
         }
         card["timings_s"]["export_total"] = round(time.perf_counter() - t_start, 2)
         card["size_bytes"] = folder_bytes(staging)

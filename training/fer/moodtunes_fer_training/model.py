@@ -16,8 +16,15 @@ if TYPE_CHECKING:
 
 from moodtunes_fer.signature import CLASS_NAMES, FC1_UNITS, INPUT_CHANNELS, INPUT_SIZE
 
-__all__ = ["CLASS_NAMES", "FC1_UNITS", "INPUT_CHANNELS", "INPUT_SIZE", "BLOCKS", "build_vgg16",
-           "feature_extractor"]
+__all__ = [
+    "CLASS_NAMES",
+    "FC1_UNITS",
+    "INPUT_CHANNELS",
+    "INPUT_SIZE",
+    "BLOCKS",
+    "build_vgg16",
+    "feature_extractor",
+]
 
 BLOCKS = ((32, 2), (64, 2), (128, 3), (256, 3), (256, 3))
 FC2_UNITS = 512
@@ -44,8 +51,9 @@ def build_vgg16(
     for block, (filters, n_convs) in enumerate(BLOCKS, start=1):
         for conv in range(1, n_convs + 1):
             name = f"block{block}_conv{conv}"
-            x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm,
-                              kernel_regularizer=reg, name=name)(x)
+            x = layers.Conv2D(
+                filters, 3, padding="same", use_bias=not batch_norm, kernel_regularizer=reg, name=name
+            )(x)
             if batch_norm:
                 x = layers.BatchNormalization(name=f"{name}_bn")(x)
             x = layers.ReLU(name=f"{name}_relu")(x)
@@ -60,7 +68,7 @@ def build_vgg16(
     return keras.Model(inputs, outputs, name="fer_vgg16")
 
 
-def feature_extractor(model: "keras.Model", layer_names=(SERVING_FEATURE_LAYER,)) -> keras.Model:
+def feature_extractor(model: keras.Model, layer_names=(SERVING_FEATURE_LAYER,)) -> keras.Model:
     """A model sharing `model`'s weights that returns the named feature taps plus the probabilities."""
     import keras
 

@@ -1,4 +1,5 @@
-"""Alembic migrations of the moodtunes database, runnable without an alembic.ini (`moodtunes db upgrade`)."""
+"""Alembic migrations of the moodtunes database, runnable without an alembic.ini
+(`python -m moodtunes.migrations upgrade`, which `moodtunes db upgrade` also calls)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def sqlalchemy_url(database_url: str) -> str:
     """psycopg 3 under SQLAlchemy; accepts plain postgresql:// URLs."""
     for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
         if database_url.startswith(prefix):
-            return "postgresql+psycopg://" + database_url[len(prefix):]
+            return "postgresql+psycopg://" + database_url[len(prefix) :]
     raise ValueError(f"not a PostgreSQL URL: {database_url!r}")
 
 

@@ -22,8 +22,9 @@ def healthz():
 def _redis() -> None:
     import redis
 
-    redis.Redis.from_url(get_settings().redis_url, socket_timeout=CHECK_TIMEOUT_S,
-                         socket_connect_timeout=CHECK_TIMEOUT_S).ping()
+    redis.Redis.from_url(
+        get_settings().redis_url, socket_timeout=CHECK_TIMEOUT_S, socket_connect_timeout=CHECK_TIMEOUT_S
+    ).ping()
 
 
 def _model_server() -> None:
@@ -45,5 +46,6 @@ async def readyz():
         except Exception as exc:
             results[name] = f"unavailable: {type(exc).__name__}: {exc}"[:300]
     ready = all(v == "ok" for v in results.values())
-    return JSONResponse({"status": "ready" if ready else "not_ready", "checks": results},
-                        200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", "checks": results}, 200 if ready else 503
+    )

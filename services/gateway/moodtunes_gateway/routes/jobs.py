@@ -13,11 +13,11 @@ from fastapi import APIRouter, Cookie, File, Form, Header, Request, Response, Up
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
-from moodtunes import modes
-
-from moodtunes import jobs
+from moodtunes import jobs, modes
 from moodtunes.config import get_settings
+from moodtunes.events import job_options
 from moodtunes.queue import enqueue_fer
+from moodtunes.results import Filters
 from moodtunes_gateway.errors import APIError
 from moodtunes_gateway.images import check_image
 from moodtunes_gateway.schemas import Job, JobAccepted
@@ -26,7 +26,6 @@ log = logging.getLogger("moodtunes.gateway")
 router = APIRouter(prefix="/v1", tags=["jobs"])
 JOBS_CREATED = Counter("moodtunes_jobs_created_total", "Jobs accepted", ["mode"])
 JOBS_REJECTED = Counter("moodtunes_jobs_rejected_total", "Uploads rejected", ["code"])
-SPOTIFY_ID = re.compile(r"^[0-9A-Za-z]{22}$")
 READ_CHUNK = 1 << 20
 
 Mode = Enum("Mode", {name: name for name in modes.names()}, type=str)
@@ -48,13 +47,25 @@ async def read_limited(upload: UploadFile, max_bytes: int) -> bytes:
 
 def _database_unavailable(exc: Exception) -> APIError:
     log.error("database unavailable: %s", exc)
-    return APIError(503, "database_unavailable", "The job store is unavailable; try again shortly.",
-                    headers={"Retry-After": "5"})
+    return APIError(
+        503,
+        "database_unavailable",
+        "The job store is unavailable; try again shortly.",
+        headers={"Retry-After": "5"},
+    )
 
 
-@router.post("/jobs", status_code=202, response_model=JobAccepted,
-             responses={413: {"description": "file too large"}, 415: {"description": "unsupported format"},
-                        422: {"description": "invalid image or parameters"}, 503: {"description": "busy"}})
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=JobAccepted,
+    responses={
+        413: {"description": "file too large"},
+        415: {"description": "unsupported format"},
+        422: {"description": "invalid image or parameters"},
+        503: {"description": "busy"},
+    },
+)
 async def create_job(
     request: Request,
     response: Response,
@@ -66,7 +77,9 @@ async def create_job(
     genres: Annotated[str | None, Form(max_length=400, description="comma-separated, any of")] = None,
     min_popularity: Annotated[int | None, Form(ge=0, le=100)] = None,
     exclude_explicit: Annotated[bool, Form(description="drop tracks flagged explicit")] = False,
-    diversity: Annotated[float | None, Form(ge=0, le=1, description="0 nearest only .. 1 most varied")] = None,
+    diversity: Annotated[
+        float | None, Form(ge=0, le=1, description="0 nearest only .. 1 most varied")
+    ] = None,
     client_key: Annotated[str | None, Form(description="who is listening (feedback is per client)")] = None,
     x_client_key: Annotated[str | None, Header()] = None,
     moodtunes_client: Annotated[str | None, Cookie()] = None,
@@ -88,84 +101,97 @@ async def create_job(
         raise
     job_id = jobs.new_job_id()
     try:
-        jobs.create(job_id, mode=mode, limit=limit, image=data, image_type=checked.content_type,
-                    width=checked.width, height=checked.height, filters=filters, client_key=client,
-                    diversity=diversity)
+        created = jobs.create(
+            job_id,
+            mode=mode,
+            limit=limit,
+            image=data,
+            image_type=checked.content_type,
+            width=checked.width,
+            height=checked.height,
+            filters=filters,
+            client_key=client,
+            diversity=diversity,
+        )
     except psycopg.OperationalError as exc:
-        raise _database_unavailable(exc)
-    try:
-        enqueue_fer(job_id)
+        raise _database_unavailable(exc) from exc
+    try:  # the options travel with the work: no worker reads them back from the job row
+        enqueue_fer(
+            job_id,
+            options=job_options(
+                mode=mode, limit=limit, filters=filters, diversity=diversity, client_key=client
+            ),
+        )
     except Exception as exc:  # broker down: the job must not sit in 'queued' forever
         log.error("enqueue failed for job %s: %s", job_id, exc)
         jobs.fail(job_id, "queue_unavailable", "The work queue was unavailable; please submit again.")
-        raise APIError(503, "queue_unavailable", "The work queue is unavailable; try again shortly.",
-                       headers={"Retry-After": "5"})
+        raise APIError(
+            503,
+            "queue_unavailable",
+            "The work queue is unavailable; try again shortly.",
+            headers={"Retry-After": "5"},
+        ) from exc
     JOBS_CREATED.labels(mode).inc()
     url = str(request.url_for("get_job", job_id=job_id).path)
     response.headers["Location"] = url
-    row = jobs.get(job_id)
-    return JobAccepted(id=job_id, status=row["status"], status_url=url, created_at=row["created_at"])
+    return JobAccepted(id=job_id, status=created["status"], status_url=url, created_at=created["created_at"])
 
 
-def job_filters(year_min, year_max, genres, min_popularity, exclude_explicit) -> dict:
+def job_filters(year_min, year_max, genres, min_popularity, exclude_explicit) -> Filters:
     if year_min is not None and year_max is not None and year_min > year_max:
         raise APIError(422, "invalid_filter", f"year_min ({year_min}) is after year_max ({year_max}).")
     genre_list = [g.strip() for g in (genres or "").split(",") if g.strip()]
     if len(genre_list) > MAX_GENRES or any(len(g) > 40 for g in genre_list):
         raise APIError(422, "invalid_filter", f"genres: at most {MAX_GENRES} names of up to 40 characters.")
-    filters = {"year_min": year_min, "year_max": year_max, "genres": genre_list or None,
-               "min_popularity": min_popularity, "exclude_explicit": exclude_explicit or None}
-    return {k: v for k, v in filters.items() if v is not None}
-
-
-def _ordered(d: dict | None, keys: list[str]) -> dict | None:
-    """PostgreSQL's jsonb sorts keys by length; answer in the model's class / feature order."""
-    if d is None:
-        return None
-    return {k: d[k] for k in keys if k in d} | {k: v for k, v in d.items() if k not in keys}
+    return Filters(
+        year_min=year_min,
+        year_max=year_max,
+        genres=genre_list,
+        min_popularity=min_popularity,
+        exclude_explicit=exclude_explicit,
+    )
 
 
 def job_view(row: dict) -> dict:
-    cfg = modes.config()
-    emotions, features = cfg["emotions"], cfg["features"]
-    for face in row["faces"] or []:
-        face["probabilities"] = _ordered(face["probabilities"], emotions)
-        face["cnn_probabilities"] = _ordered(face.get("cnn_probabilities"), emotions)
-    rec = row["recommendation"]
-    if rec:
-        rec["emotion_probabilities"] = _ordered(rec.get("emotion_probabilities"), emotions)
-        for key in ("target", "playlist_mean"):
-            rec[key] = _ordered(rec.get(key), features)
-        rec["targets"] = [_ordered(t, features) for t in rec.get("targets") or []]
-        for t in rec.get("tracks", []):
-            t["features"] = _ordered(t["features"], features)
-            t["spotify_url"] = (f"https://open.spotify.com/track/{t['track_id']}"
-                                if SPOTIFY_ID.match(t["track_id"]) else None)
+    """A job row as the API's Job; the stored results are validated into their shared models
+    (moodtunes.results) by the response model."""
     return {
-        "id": str(row["id"]), "status": row["status"], "mode": row["mode"], "limit": row["track_limit"],
-        "filters": row["filters"], "diversity": row["diversity"],
-        "created_at": row["created_at"], "updated_at": row["updated_at"],
-        "started_at": row["started_at"], "finished_at": row["finished_at"],
-        "image": {"type": row["image_type"], "bytes": row["image_bytes"],
-                  "width": row["image_width"], "height": row["image_height"]},
-        "faces": row["faces"], "chosen_face": row["chosen_face"], "model": row["model"],
-        "recommendation": rec,
+        "id": str(row["id"]),
+        "status": row["status"],
+        "mode": row["mode"],
+        "limit": row["track_limit"],
+        "filters": row["filters"],
+        "diversity": row["diversity"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+        "image": {
+            "type": row["image_type"],
+            "bytes": row["image_bytes"],
+            "width": row["image_width"],
+            "height": row["image_height"],
+        },
+        "faces": row["faces"],
+        "chosen_face": row["chosen_face"],
+        "model": row["model"],
+        "recommendation": row["recommendation"],
         "error": {"code": row["error_code"], "message": row["error_message"]} if row["error_code"] else None,
     }
 
 
-@router.get("/jobs/{job_id}", response_model=Job, name="get_job",
-            responses={404: {"description": "unknown job"}})
+@router.get(
+    "/jobs/{job_id}", response_model=Job, name="get_job", responses={404: {"description": "unknown job"}}
+)
 def get_job(job_id: str):
     try:
         uuid.UUID(job_id)
     except ValueError:
-        raise APIError(404, "job_not_found", f"No job with id {job_id!r}.")
+        raise APIError(404, "job_not_found", f"No job with id {job_id!r}.") from None
     try:
-        jobs.expire_stale(get_settings().job_timeout_s, job_id)
-        row = jobs.get(job_id)
+        row = jobs.poll(job_id, get_settings().job_timeout_s)
     except psycopg.OperationalError as exc:
-        raise _database_unavailable(exc)
+        raise _database_unavailable(exc) from exc
     if row is None:
         raise APIError(404, "job_not_found", f"No job with id {job_id!r}.")
     return job_view(row)
@@ -183,9 +209,16 @@ class FeedbackOut(BaseModel):
     mode: str
 
 
-@router.post("/jobs/{job_id}/feedback", status_code=201, response_model=FeedbackOut,
-             responses={404: {"description": "unknown job"}, 409: {"description": "job not done"},
-                        422: {"description": "track not in this job's playlist"}})
+@router.post(
+    "/jobs/{job_id}/feedback",
+    status_code=201,
+    response_model=FeedbackOut,
+    responses={
+        404: {"description": "unknown job"},
+        409: {"description": "job not done"},
+        422: {"description": "track not in this job's playlist"},
+    },
+)
 def post_feedback(job_id: str, feedback: FeedbackIn):
     """A like or dislike of a recommended track; dislikes are never recommended again to the
     same client in the same mode."""
@@ -195,7 +228,7 @@ def post_feedback(job_id: str, feedback: FeedbackIn):
     except ValueError:
         row = None
     except psycopg.OperationalError as exc:
-        raise _database_unavailable(exc)
+        raise _database_unavailable(exc) from exc
     if row is None:
         raise APIError(404, "job_not_found", f"No job with id {job_id!r}.")
     if row["status"] != jobs.DONE:
@@ -209,10 +242,15 @@ def post_feedback(job_id: str, feedback: FeedbackIn):
 @router.get("/modes", tags=["modes"])
 def list_modes():
     """The recommendation modes and job options this deployment offers."""
-    return {"modes": modes.describe(),
-            "filters": {"year_min": "integer 1800-2100", "year_max": "integer 1800-2100",
-                        "genres": f"comma-separated, up to {MAX_GENRES}; a track matches any",
-                        "min_popularity": "integer 0-100",
-                        "exclude_explicit": "boolean (the default catalogue has no explicit flag)"},
-            "diversity": {"default": modes.config()["playlist"]["diversity"], "min": 0, "max": 1},
-            "limit": {"default": 10, "min": 1, "max": 50}}
+    return {
+        "modes": modes.describe(),
+        "filters": {
+            "year_min": "integer 1800-2100",
+            "year_max": "integer 1800-2100",
+            "genres": f"comma-separated, up to {MAX_GENRES}; a track matches any",
+            "min_popularity": "integer 0-100",
+            "exclude_explicit": "boolean (the default catalogue has no explicit flag)",
+        },
+        "diversity": {"default": modes.config()["playlist"]["diversity"], "min": 0, "max": 1},
+        "limit": {"default": 10, "min": 1, "max": 50},
+    }

@@ -2,6 +2,7 @@
 
 Revision ID: 0001
 """
+
 from alembic import op
 
 revision = "0001"
@@ -77,8 +78,10 @@ def upgrade() -> None:
     # 1 apart, and a single graph has too few edges between them for greedy search to cross.
     # Queries search both partitions and merge (see moodtunes_recommender.matching).
     for name, mode in (("minor", 0), ("major", 1)):
-        op.execute(f"CREATE INDEX tracks_features_hnsw_{name} ON tracks "
-                   f"USING hnsw (features vector_l2_ops) WHERE mode = {mode}")
+        op.execute(
+            f"CREATE INDEX tracks_features_hnsw_{name} ON tracks "
+            f"USING hnsw (features vector_l2_ops) WHERE mode = {mode}"
+        )
 
 
 def downgrade() -> None:

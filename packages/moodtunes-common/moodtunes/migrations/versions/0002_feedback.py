@@ -2,6 +2,7 @@
 
 Revision ID: 0002
 """
+
 from alembic import op
 
 revision = "0002"

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19moodtunes/v1/events.proto\x12\x0cmoodtunes.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"7\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0c\n\x04head\x18\x03 \x01(\t\"\xce\x01\n\x0f\x45motionDetected\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x65motions\x18\x02 \x03(\t\x12\x15\n\rprobabilities\x18\x03 \x03(\x02\x12\x12\n\nface_index\x18\x04 \x01(\x05\x12\x16\n\x0e\x66\x61\x63\x65s_detected\x18\x05 \x01(\x05\x12%\n\x05model\x18\x06 \x01(\x0b\x32\x16.moodtunes.v1.ModelRef\x12/\n\x0b\x64\x65tected_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x18\n\x06\x46\x65rJob\x12\x0e\n\x06job_id\x18\x01 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19moodtunes/v1/events.proto\x12\x0cmoodtunes.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"7\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0c\n\x04head\x18\x03 \x01(\t\"\xab\x01\n\x07\x46ilters\x12\x15\n\x08year_min\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x15\n\x08year_max\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x0e\n\x06genres\x18\x03 \x03(\t\x12\x1b\n\x0emin_popularity\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x18\n\x10\x65xclude_explicit\x18\x05 \x01(\x08\x42\x0b\n\t_year_minB\x0b\n\t_year_maxB\x11\n\x0f_min_popularity\"\x8b\x01\n\nJobOptions\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12&\n\x07\x66ilters\x18\x03 \x01(\x0b\x32\x15.moodtunes.v1.Filters\x12\x16\n\tdiversity\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nclient_key\x18\x05 \x01(\tB\x0c\n\n_diversity\"\xf9\x01\n\x0f\x45motionDetected\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x65motions\x18\x02 \x03(\t\x12\x15\n\rprobabilities\x18\x03 \x03(\x02\x12\x12\n\nface_index\x18\x04 \x01(\x05\x12\x16\n\x0e\x66\x61\x63\x65s_detected\x18\x05 \x01(\x05\x12%\n\x05model\x18\x06 \x01(\x0b\x32\x16.moodtunes.v1.ModelRef\x12/\n\x0b\x64\x65tected_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x07options\x18\x08 \x01(\x0b\x32\x18.moodtunes.v1.JobOptions\"C\n\x06\x46\x65rJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12)\n\x07options\x18\x02 \x01(\x0b\x32\x18.moodtunes.v1.JobOptionsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELREF']._serialized_start=76
   _globals['_MODELREF']._serialized_end=131
-  _globals['_EMOTIONDETECTED']._serialized_start=134
-  _globals['_EMOTIONDETECTED']._serialized_end=340
-  _globals['_FERJOB']._serialized_start=342
-  _globals['_FERJOB']._serialized_end=366
+  _globals['_FILTERS']._serialized_start=134
+  _globals['_FILTERS']._serialized_end=305
+  _globals['_JOBOPTIONS']._serialized_start=308
+  _globals['_JOBOPTIONS']._serialized_end=447
+  _globals['_EMOTIONDETECTED']._serialized_start=450
+  _globals['_EMOTIONDETECTED']._serialized_end=699
+  _globals['_FERJOB']._serialized_start=701
+  _globals['_FERJOB']._serialized_end=768
 # @@protoc_insertion_point(module_scope)

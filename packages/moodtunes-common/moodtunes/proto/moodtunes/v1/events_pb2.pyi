@@ -19,8 +19,36 @@ class ModelRef(_message.Message):
     head: str
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., head: _Optional[str] = ...) -> None: ...
 
+class Filters(_message.Message):
+    __slots__ = ("year_min", "year_max", "genres", "min_popularity", "exclude_explicit")
+    YEAR_MIN_FIELD_NUMBER: _ClassVar[int]
+    YEAR_MAX_FIELD_NUMBER: _ClassVar[int]
+    GENRES_FIELD_NUMBER: _ClassVar[int]
+    MIN_POPULARITY_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_EXPLICIT_FIELD_NUMBER: _ClassVar[int]
+    year_min: int
+    year_max: int
+    genres: _containers.RepeatedScalarFieldContainer[str]
+    min_popularity: int
+    exclude_explicit: bool
+    def __init__(self, year_min: _Optional[int] = ..., year_max: _Optional[int] = ..., genres: _Optional[_Iterable[str]] = ..., min_popularity: _Optional[int] = ..., exclude_explicit: _Optional[bool] = ...) -> None: ...
+
+class JobOptions(_message.Message):
+    __slots__ = ("mode", "limit", "filters", "diversity", "client_key")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    limit: int
+    filters: Filters
+    diversity: float
+    client_key: str
+    def __init__(self, mode: _Optional[str] = ..., limit: _Optional[int] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., diversity: _Optional[float] = ..., client_key: _Optional[str] = ...) -> None: ...
+
 class EmotionDetected(_message.Message):
-    __slots__ = ("job_id", "emotions", "probabilities", "face_index", "faces_detected", "model", "detected_at")
+    __slots__ = ("job_id", "emotions", "probabilities", "face_index", "faces_detected", "model", "detected_at", "options")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     EMOTIONS_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +56,7 @@ class EmotionDetected(_message.Message):
     FACES_DETECTED_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DETECTED_AT_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     emotions: _containers.RepeatedScalarFieldContainer[str]
     probabilities: _containers.RepeatedScalarFieldContainer[float]
@@ -35,10 +64,13 @@ class EmotionDetected(_message.Message):
     faces_detected: int
     model: ModelRef
     detected_at: _timestamp_pb2.Timestamp
-    def __init__(self, job_id: _Optional[str] = ..., emotions: _Optional[_Iterable[str]] = ..., probabilities: _Optional[_Iterable[float]] = ..., face_index: _Optional[int] = ..., faces_detected: _Optional[int] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., detected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    options: JobOptions
+    def __init__(self, job_id: _Optional[str] = ..., emotions: _Optional[_Iterable[str]] = ..., probabilities: _Optional[_Iterable[float]] = ..., face_index: _Optional[int] = ..., faces_detected: _Optional[int] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., detected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ...) -> None: ...
 
 class FerJob(_message.Message):
-    __slots__ = ("job_id",)
+    __slots__ = ("job_id", "options")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+    options: JobOptions
+    def __init__(self, job_id: _Optional[str] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ...) -> None: ...

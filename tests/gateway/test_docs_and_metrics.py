@@ -1,0 +1,64 @@
+"""The API docs work without internet (their assets come from the gateway itself) and /metrics
+answers at its own address."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+
+@pytest.fixture(scope="module")
+def app_client():
+    """The app without its lifespan: these pages need neither the database nor Redis."""
+    from moodtunes_gateway.main import create_app
+
+    return TestClient(create_app())
+
+
+def assets(html: str) -> list[str]:
+    return re.findall(r'<script[^>]*\bsrc="([^"]+)"', html) + re.findall(r'<link[^>]*\bhref="([^"]+)"', html)
+
+
+@pytest.mark.parametrize(
+    "page,needs", [("/docs", ["swagger-ui-bundle.js", "swagger-ui.css"]), ("/redoc", ["redoc.standalone.js"])]
+)
+def test_docs_pages_load_every_asset_from_the_app(app_client, page, needs):
+    r = app_client.get(page)
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    urls = assets(r.text)
+    for name in needs:
+        assert any(u.endswith(name) for u in urls), f"{page} does not load {name}: {urls}"
+    assert not re.search(r"(https?:)?//[\w.-]+\.\w+/", r.text), f"{page} still points at another host"
+    for url in urls:
+        assert url.startswith("/"), f"{page} loads {url} from elsewhere"
+        asset = app_client.get(url)
+        assert asset.status_code == 200, f"{url}: {asset.status_code}"
+        if url.endswith(".js"):
+            assert "javascript" in asset.headers["content-type"] and len(asset.content) > 100_000
+        if url.endswith(".css"):
+            assert "text/css" in asset.headers["content-type"] and len(asset.content) > 10_000
+    spec = re.search(r"""(?:url: |spec-url=)['"]([^'"]+)['"]""", r.text).group(1)
+    assert app_client.get(spec).json()["info"]["title"] == "moodtunes"
+
+
+def test_swagger_ui_bundle_defines_what_the_page_calls(app_client):
+    page = app_client.get("/docs").text
+    js = app_client.get(next(u for u in assets(page) if u.endswith("swagger-ui-bundle.js"))).text
+    assert "SwaggerUIBundle(" in page and "SwaggerUIBundle" in js
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/metrics/"])
+def test_metrics_answers_200_without_a_redirect(app_client, path):
+    r = app_client.get(path, follow_redirects=False)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    assert "# TYPE moodtunes_jobs_created_total counter" in r.text
+
+
+def test_metrics_speaks_openmetrics_when_asked(app_client):
+    r = app_client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/openmetrics-text")
+    assert r.text.rstrip().endswith("# EOF")
