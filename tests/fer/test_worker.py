@@ -85,8 +85,19 @@ def fake_model(worker, monkeypatch):
     return worker
 
 
-def test_no_face_fails_the_job(worker):
-    job_id = make_job(png(skimage.data.coffee()))
+@pytest.mark.parametrize(
+    "image",
+    [
+        skimage.data.coffee(),  # a busy photo without a face
+        np.full((48, 48), 255, np.uint8),  # a blank white square the size of a dataset face
+        np.full((600, 800), 128, np.uint8),  # a flat grey photo
+        np.asarray(Image.fromarray(skimage.data.astronaut()).resize((20, 20))),  # a thumbnail
+    ],
+    ids=["coffee", "white-48px", "flat-grey", "thumbnail-20px"],
+)
+def test_no_face_fails_the_job(worker, image):
+    """Only faces get emotions: these used to get one with 63-81% confidence."""
+    job_id = make_job(png(image))
     worker.process_job.apply(args=[to_json(FerJob(job_id=job_id))])
     row = jobs.get(job_id)
     assert (row["status"], row["error_code"]) == ("failed", "no_face")

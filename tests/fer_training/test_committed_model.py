@@ -23,10 +23,11 @@ from moodtunes.config import REPO_ROOT
 DATA = Path(
     os.environ.get("MOODTUNES_FER_DATA", REPO_ROOT.parent / "shared" / "data" / "fer2013_5class_trainval.npz")
 )
-SLICE = 800  # the first faces of x_val: fixed, so the figure is comparable run to run
-# v3 scores 0.000 on this slice through the model server (see README); a few points of slack for
-# scikit-learn / TensorFlow numeric drift, far less than any preprocessing bug costs.
-MIN_ACCURACY = 0.0
+STEP = 4  # every 4th face of x_val (780 faces): x_val is sorted by class, so a prefix would not do
+# v3 scores 0.6115 on this slice (0.6081 on all of x_val); three points of slack for numeric drift
+# between library versions, far less than a preprocessing bug costs (the blur that v2 needed,
+# applied to v3, or a transposed crop, each cost over ten points).
+MIN_ACCURACY = 0.58
 MODELS = REPO_ROOT / "models"
 
 
@@ -37,7 +38,7 @@ def val_slice(tmp_path_factory):
             pytest.fail(f"{DATA} is missing in CI: the committed model cannot be checked")
         pytest.skip(f"needs the FER2013 data at {DATA}")
     with np.load(DATA) as z:
-        x, y = z["x_val"][:SLICE], z["y_val"][:SLICE]
+        x, y = z["x_val"][::STEP], z["y_val"][::STEP]
     path = tmp_path_factory.mktemp("val_slice") / "val.npz"
     np.savez(path, x_val=x, y_val=y)
     return path, x, y
@@ -77,7 +78,7 @@ def test_committed_model_keeps_its_accuracy_through_the_model_server(val_slice, 
 
     path, _, _ = val_slice
     result = evaluate(path, "val", MODELS, server=served)
-    assert result["n"] == SLICE
+    assert result["n"] == 780
     assert result["accuracy"] >= MIN_ACCURACY, (
-        f"served accuracy {result['accuracy']:.4f} < {MIN_ACCURACY} on the first {SLICE} faces"
+        f"served accuracy {result['accuracy']:.4f} < {MIN_ACCURACY} on every {STEP}th face of x_val"
     )

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     # How the worker frames a detected face, tuned so a face in a photo is cropped the way FER2013
     # crops its faces (benchmarks/fer_photo_scenes.py; README "Whole photos score like crops").
     face_margin: float = 0.0  # extra border around the detected box, as a fraction of its size
-    face_shift: float = 0.05  # crop centre moved down by this fraction of the box height
+    face_shift: float = 0.0  # crop centre moved down by this fraction of the box height
     min_face_px: int = 24
 
 
