@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -72,7 +71,7 @@ class Scorer:
     """Probabilities from a deployed version folder (CNN + head, in process) or a checkpoint."""
 
     def __init__(self, model_dir: str | None, checkpoint: str | None, tta: bool):
-        self.tta = tta
+        self.flip = tta and not model_dir  # an export already averages the mirror inside the model
         if model_dir:
             from moodtunes_fer.inference import FerPipeline
             from moodtunes_fer_training.in_process import InProcessBackend
@@ -92,19 +91,14 @@ class Scorer:
             self.label = f"CNN softmax {checkpoint}"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.tta and getattr(self, "label", "").startswith("CNN"):
+        if self.flip:
             return (self._predict(x) + self._predict(x[:, :, ::-1])) / 2
         return self._predict(x)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--data",
-        default=os.environ.get(
-            "MOODTUNES_FER_DATA", str(REPO.parent / "shared/data/fer2013_5class_trainval.npz")
-        ),
-    )
+    p.add_argument("--data", help="FER npz (default: $MOODTUNES_FER_DATA, else ../shared/data/...)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--model-dir", help="exported version folder, e.g. models/fer_vgg16/3")
     g.add_argument("--checkpoint", help=".keras checkpoint (CNN softmax, flip TTA)")
@@ -114,7 +108,9 @@ def main() -> None:
     a = p.parse_args()
 
     t0 = time.perf_counter()
-    with np.load(a.data) as z:
+    from moodtunes_fer_training.data import resolve_data_path
+
+    with np.load(resolve_data_path(a.data)) as z:
         x_val, y_val = z["x_val"], z["y_val"].astype(int)
     rng = np.random.default_rng(a.seed)
     pick = rng.permutation(len(x_val))[: a.faces]

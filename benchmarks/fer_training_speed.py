@@ -52,18 +52,15 @@ def measure(x, y, *, batch_size: int, steps: int, jit, intra: int | None, erase:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--data",
-        default=os.environ.get(
-            "MOODTUNES_FER_DATA", str(REPO.parent / "shared/data/fer2013_5class_trainval.npz")
-        ),
-    )
+    p.add_argument("--data", help="FER npz (default: $MOODTUNES_FER_DATA, else ../shared/data/...)")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", default=str(REPO / "reports/bench_fer_training_speed.json"))
     a = p.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with np.load(a.data) as z:
+    from moodtunes_fer_training.data import resolve_data_path
+
+    with np.load(resolve_data_path(a.data)) as z:
         x, y = z["x_train"][:4096], z["y_train"][:4096].astype(np.int64)
     variants = [
         ("recipe: graph augmentation + erasing, XLA", {"jit": True, "intra": None, "erase": True}),
