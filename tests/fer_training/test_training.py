@@ -73,3 +73,38 @@ def test_random_erasing_blanks_one_box_per_chosen_image_and_nothing_else():
         assert (box != 7.0).mean() > 0.95
     untouched = fer_train.random_erasing(images, prob=0.0).numpy()
     np.testing.assert_array_equal(untouched, images.numpy())
+
+
+def test_mixup_blends_images_labels_and_weights_with_one_weight_per_pair():
+    import numpy as np
+    import tensorflow as tf
+
+    n = 32
+    classes = np.arange(n) % 4
+    # image i is filled with the value i, so a mixed image reveals its two sources and weight
+    images = tf.constant(np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None, None], (n, 4, 4, 1)))
+    labels = tf.constant(np.eye(4, dtype=np.float32)[classes])
+    weights = tf.constant(np.linspace(0.5, 2.0, n, dtype=np.float32))
+    mixed, soft, w = (t.numpy() for t in fer_train.mixup(images, labels, weights, alpha=0.4))
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-5)
+    assert np.all(mixed == mixed[:, :1, :1, :])  # one blend per image, not per pixel
+    eye = np.eye(4, dtype=np.float32)
+    blended = 0
+    for i in range(n):
+        value = float(mixed[i, 0, 0, 0])
+        if abs(value - i) < 1e-3:  # lam ~ 1 (or partner is itself): the image kept its own label
+            np.testing.assert_allclose(soft[i], eye[classes[i]], atol=1e-3)
+            continue
+        blended += 1
+        # some partner j and weight lam explain the pixels, the label and the sample weight at once
+        explained = False
+        for j in range(n):
+            if j == i:
+                continue
+            lam = (value - j) / (i - j)
+            if 0.0 <= lam <= 1.0 and np.allclose(
+                soft[i], lam * eye[classes[i]] + (1 - lam) * eye[classes[j]], atol=1e-4
+            ):
+                explained |= abs(w[i] - (lam * weights[i] + (1 - lam) * weights[j]).numpy()) < 1e-4
+        assert explained, i
+    assert blended > n // 2  # alpha 0.4 blends almost every image visibly

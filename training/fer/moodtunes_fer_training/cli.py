@@ -66,6 +66,7 @@ def train(
         Path | None,
         typer.Option(help="start from these weights: a .keras checkpoint or an exported version folder"),
     ] = None,
+    mixup: Annotated[float, typer.Option(help="mixup Beta(alpha, alpha); 0 = off")] = 0.0,
 ):
     """Train (or resume) the VGG16-layout CNN; writes best.keras, last.keras, history, state."""
     _quiet_tf()
@@ -80,6 +81,7 @@ def train(
         limit=limit,
         peak_lr=peak_lr,
         init_from=init_from,
+        mixup_alpha=mixup,
     )
     typer.echo(json.dumps(state, indent=2))
 
