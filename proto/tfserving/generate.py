@@ -36,6 +36,8 @@ ROOTS = (
     "tensorflow_serving/apis/get_model_metadata.proto",
     "tensorflow_serving/apis/get_model_status.proto",
     "tensorflow_serving/apis/predict.proto",
+    # the records of assets.extra/tf_serving_warmup_requests (written by the export, replayed on load)
+    "tensorflow_serving/apis/prediction_log.proto",
 )
 SERVICES = ("tensorflow_serving/apis/prediction_service.proto",)  # gRPC stubs: the one service we call
 WELL_KNOWN = "google/protobuf/"  # shipped by protobuf itself: in the set for protoc, never generated

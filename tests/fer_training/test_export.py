@@ -152,3 +152,23 @@ def test_model_card_totals_span_the_runs_the_weights_came_from():
     assert _lineage_total(state, "epochs_done") == 58
     assert _lineage_total(state, "train_seconds") == 9316.7
     assert _lineage_total({"epochs_done": 3}, "epochs_done") == 3
+
+
+def test_export_ships_tf_serving_warmup_requests_the_server_replays(version_dir):
+    import tensorflow as tf
+
+    from moodtunes_model_server.models import WARMUP_FILE, load_servable
+    from moodtunes_tfserving.proto.tensorflow_serving.apis import prediction_log_pb2
+    from moodtunes_tfserving.tensors import make_ndarray
+
+    records = [
+        prediction_log_pb2.PredictionLog.FromString(r.numpy())
+        for r in tf.data.TFRecordDataset(str(version_dir / WARMUP_FILE))
+    ]
+    requests = [r.predict_log.request for r in records]
+    assert [r.model_spec.name for r in requests] == ["fer_vgg16"] * 3
+    assert [make_ndarray(r.inputs["image"]).shape for r in requests] == [(n, 48, 48, 1) for n in (1, 4, 32)]
+    servable = load_servable("fer_vgg16", 1, str(version_dir))  # replays them while loading
+    assert servable.signatures["serving_default"].run({"image": make_ndarray(requests[0].inputs["image"])})[
+        "probabilities"
+    ].shape == (1, 5)

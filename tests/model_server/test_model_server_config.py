@@ -77,3 +77,27 @@ def test_cli_needs_a_model_base_path():
     assert result.returncode == 2 and "--model_base_path must be given" in result.stderr
     help_text = run_cli("--help").stdout
     assert "--model_base_path" in help_text and "--batching_parameters_file" in help_text
+
+
+def test_warmup_records_run_on_load_and_a_bad_one_fails_the_load(tmp_path, caplog):
+    import logging
+
+    import tensorflow as tf
+
+    from moodtunes_fer_training.warmup import warmup_requests, write_warmup_requests
+    from moodtunes_model_server.models import WARMUP_FILE, load_servable, replay_warmup
+    from moodtunes_model_server.testing import save_toy_model
+
+    version = save_toy_model(tmp_path / "toy" / "1")
+    assert replay_warmup(load_servable("toy", 1, str(version))) == 0  # no file: nothing to replay
+    write_warmup_requests(version, "toy")
+    with caplog.at_level(logging.INFO, logger="moodtunes_model_server.models"):
+        load_servable("toy", 1, str(version))
+    assert "Replayed 3 warm-up request(s)" in caplog.text
+
+    bad = warmup_requests("toy", batch_sizes=(2,))[0]
+    bad.predict_log.request.inputs["pixels"].CopyFrom(bad.predict_log.request.inputs.pop("image"))
+    with tf.io.TFRecordWriter(str(version / WARMUP_FILE)) as writer:
+        writer.write(bad.SerializeToString())
+    with pytest.raises(TypeError, match="pixels"):  # the signature has no input named `pixels`
+        load_servable("toy", 1, str(version))

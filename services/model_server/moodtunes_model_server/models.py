@@ -32,6 +32,8 @@ log = logging.getLogger("moodtunes_model_server.models")
 DEFAULT_SIGNATURE = "serving_default"
 _VERSION_DIR = re.compile(r"[0-9]+")
 _SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"  # TF Serving's name and format
+MAX_WARMUP_RECORDS = 1000  # TF Serving's own cap
 
 
 @dataclass
@@ -104,7 +106,38 @@ def load_servable(model: str, version: int, path: str) -> Servable:
         for key, fn in loaded.signatures.items()
         if key in meta_graph.signature_def
     }
-    return Servable(model, version, path, signatures, loaded)
+    servable = Servable(model, version, path, signatures, loaded)
+    replay_warmup(servable)
+    return servable
+
+
+def replay_warmup(servable: Servable) -> int:
+    """Runs the version's exported warm-up requests (PredictionLog records) before it serves, as
+    TF Serving does, so the first real request does not pay for tracing; a failing record fails
+    the load. Returns how many requests ran."""
+    from moodtunes_tfserving.proto.tensorflow_serving.apis import prediction_log_pb2
+    from moodtunes_tfserving.tensors import make_ndarray
+
+    path = Path(servable.path) / WARMUP_FILE
+    if not path.is_file():
+        return 0
+    started, count = time.perf_counter(), 0
+    for record in tf.data.TFRecordDataset(str(path)).take(MAX_WARMUP_RECORDS):
+        entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        if entry.WhichOneof("log_type") != "predict_log":
+            raise ValueError(f"{path}: only predict_log warm-up records are supported")
+        request = entry.predict_log.request
+        signature = servable.signatures[request.model_spec.signature_name or DEFAULT_SIGNATURE]
+        signature.run({name: make_ndarray(tensor) for name, tensor in request.inputs.items()})
+        count += 1
+    log.info(
+        "Replayed %d warm-up request(s) for {name: %s version: %d} in %.2fs",
+        count,
+        servable.model,
+        servable.version,
+        time.perf_counter() - started,
+    )
+    return count
 
 
 class ModelManager:

@@ -257,6 +257,9 @@ def export(
         )
         del pipe, backend
         save_head(pipeline, staging / inference.HEAD_DIR, head_meta)
+        from moodtunes_fer_training.warmup import write_warmup_requests
+
+        write_warmup_requests(staging, model_name)
 
         state_file = train_dir / "train_state.json"
         state = json.loads(state_file.read_text()) if state_file.is_file() else {}
