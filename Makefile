@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PROJECTS := packages/*/pyproject.toml services/*/pyproject.toml training/*/pyproject.toml
 
-.PHONY: up down test format install proto lock clean-var
+.PHONY: up down status test format install proto lock clean-var
 
 $(STAMP): constraints.txt requirements-dev.txt $(PROJECTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,11 +20,20 @@ $(STAMP): constraints.txt requirements-dev.txt $(PROJECTS)
 
 install: $(STAMP)
 
+# Everything runs under supervisord, which restarts any process that exits (`make status`).
+# Scale with `make up FER_WORKERS=2 RECOMMENDER_WORKERS=2` (default 1 each; also on a running stack):
+# shorthands for the stack's settings MOODTUNES_FER_WORKERS / MOODTUNES_RECOMMENDER_WORKERS, which
+# can be set in the environment or .env instead, like the MOODTUNES_*_PORT settings.
 up: $(STAMP)
+	$(if $(FER_WORKERS),MOODTUNES_FER_WORKERS=$(FER_WORKERS)) \
+	$(if $(RECOMMENDER_WORKERS),MOODTUNES_RECOMMENDER_WORKERS=$(RECOMMENDER_WORKERS)) \
 	$(BIN)/moodtunes stack up
 
 down:
 	@if [ -x $(BIN)/moodtunes ]; then $(BIN)/moodtunes stack down; fi
+
+status:
+	@$(BIN)/moodtunes stack status
 
 # Lint and format check first (fast, and what a reviewer would flag), then every test.
 test: $(STAMP)

@@ -1,5 +1,9 @@
 """Suite-wide fixtures: real PostgreSQL (pgvector) and Redis servers on loopback, started once per
-run from the same code `make up` uses, and (for end-to-end tests) the whole stack as processes."""
+run from the same code `make up` uses, and (for end-to-end tests) the whole stack as processes.
+
+As under `make up`, PostgreSQL takes passwords only, migrations and the catalogue load run as the
+owner role, and everything else (every test, every service process) connects as the application
+role, which has row rights and no DDL."""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import csv
 import gzip
 import io
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,8 +31,13 @@ def _reset_settings(**env):
 
 
 @pytest.fixture(scope="session")
-def servers_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("servers")
+def servers_root() -> Path:
+    """Where the suite's servers keep their data: outside pytest's temporary root, because a suite
+    run as root runs PostgreSQL as another user, who must traverse every parent folder, and pytest
+    takes those rights off its root (0700) whenever another pytest session starts."""
+    root = Path(tempfile.mkdtemp(prefix="moodtunes-servers-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -66,21 +77,26 @@ def catalogue_sample(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def database(postgres, redis_server, catalogue_sample):
-    """Migrated database with the catalogue sample loaded; env points every component at the servers."""
-    _reset_settings(DATABASE_URL=postgres.url, REDIS_URL=redis_server.url)
+    """Migrated database with the catalogue sample loaded; env points every component at the servers,
+    DATABASE_URL as the application role. Returns that URL."""
+    _reset_settings(DATABASE_URL=postgres.app_url, REDIS_URL=redis_server.url)
     from moodtunes import migrations
     from moodtunes_recommender import catalogue
 
-    migrations.upgrade(postgres.url)
-    catalogue.load_csv(catalogue_sample, progress=False)
-    return postgres.url
+    migrations.upgrade(postgres.owner_url, app_url=postgres.app_url)  # as `make up` does
+    catalogue.load_csv(catalogue_sample, database_url=postgres.owner_url, progress=False)
+    from moodtunes import db
+
+    db.close_pools()  # no owner connection stays open: tests act as the application role only
+    return postgres.app_url
 
 
 @pytest.fixture
-def clean_jobs(database):
-    from moodtunes.db import connection
+def clean_jobs(database, postgres):
+    """No jobs (nor what hangs off them); TRUNCATE is the owner's, the application role may not."""
+    import psycopg
 
-    with connection() as conn:
+    with psycopg.connect(postgres.owner_url, autocommit=True) as conn:
         conn.execute("TRUNCATE jobs CASCADE")
     yield
 

@@ -1,5 +1,7 @@
 """`moodtunes stack up` (`make up`) fails politely: a taken port is named with the setting that moves
-it before anything starts, and a start that fails later stops what this run had started."""
+it before anything starts, and a start that fails later stops what this run had started. And the
+stack's PostgreSQL: password logins only, an application role with row rights and no DDL.
+(Supervision itself, restarts and scaling: test_supervision.py.)"""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from moodtunes_cli import localstack
-from moodtunes_cli.localstack import Process, free_port
+from moodtunes_cli.localstack import APP_ROLE, Postgres, Process, free_port
+from moodtunes_cli.supervision import Supervisor
 
 PORT_SETTINGS = [
     "MOODTUNES_GATEWAY_PORT",
@@ -26,7 +30,7 @@ def stack_up(var: Path, **env: str) -> subprocess.CompletedProcess:
     base = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("MOODTUNES_") and k not in ("DATABASE_URL", "REDIS_URL")
+        if not k.startswith("MOODTUNES_") and k not in ("DATABASE_URL", "DATABASE_OWNER_URL", "REDIS_URL")
     }
     return subprocess.run(
         [sys.executable, "-m", "moodtunes_cli.cli", "stack", "up"],
@@ -120,43 +124,160 @@ def test_a_bad_port_value_names_its_setting(tmp_path):
     assert len(run.stderr.splitlines()) == 1 and "MOODTUNES_REDIS_PORT" in run.stderr
 
 
-@pytest.mark.integration
-def test_a_failed_start_stops_what_this_run_started(tmp_path, database, monkeypatch):
-    """The suite's PostgreSQL by URL, an embedded Redis started by this run, two service processes:
-    one stays up, one dies at start. `up` fails, stops Redis and the live process it started, and
-    leaves alone the process that was already running before it."""
-    var, run_dir = tmp_path / "var", tmp_path / "var" / "run"
-    sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
-    earlier = Process("earlier", sleep, run_dir).start()  # from an earlier `make up`
-    fake = [
-        Process("earlier", sleep, run_dir),
-        Process("sleeper", sleep, run_dir),
-        Process("crasher", [sys.executable, "-c", "raise SystemExit(3)"], run_dir),
-    ]
+def _up_failing(var: Path, database: str, postgres, fake: list[Process], monkeypatch, redis_port: int) -> str:
+    """`up` with the suite's PostgreSQL by URL (two roles), an embedded Redis and FAKE as the services;
+    returns its StackError's message."""
     monkeypatch.setattr(localstack, "service_processes", lambda *a, **k: fake)
-    redis_port = free_port()
-    saved = dict(os.environ)
-    try:
-        os.environ.pop("REDIS_URL", None)
-        os.environ.update(
-            DATABASE_URL=database,
-            MOODTUNES_REDIS_PORT=str(redis_port),
-            MOODTUNES_GATEWAY_PORT=str(free_port()),
-        )
-        with pytest.raises(localstack.StackError) as failed:
-            localstack.up(var)
-        message = str(failed.value)
-        assert "crasher exited during start-up" in message
-        assert message.splitlines()[-1] == (
-            "stopped what this run had started: embedded Redis, sleeper, crasher"
-        )
-        assert not listening(redis_port) and not (var / "redis" / "redis.pid").exists()
-        assert not (run_dir / "sleeper.pid").exists()
-        assert earlier.alive()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        from moodtunes.config import get_settings
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("DATABASE_URL", database)
+    monkeypatch.setenv("DATABASE_OWNER_URL", postgres.owner_url)
+    monkeypatch.setenv("MOODTUNES_REDIS_PORT", str(redis_port))
+    monkeypatch.setenv("MOODTUNES_GATEWAY_PORT", str(free_port()))
+    with pytest.raises(localstack.StackError) as failed:
+        localstack.up(var)
+    return str(failed.value)
 
-        get_settings.cache_clear()
-        earlier.stop()
+
+SLEEP = [sys.executable, "-c", "import time; time.sleep(120)"]
+CRASH = [sys.executable, "-c", "raise SystemExit(3)"]
+
+
+@pytest.mark.integration
+def test_a_failed_start_stops_what_this_run_started(tmp_path, database, postgres, monkeypatch):
+    """One service program stays up, one dies at start: `up` fails naming the one that died, and
+    stops supervisord with everything under it, since this run started it."""
+    var, redis_port = tmp_path / "var", free_port()
+    fake = [Process("sleeper", SLEEP, var / "run"), Process("crasher", CRASH, var / "run")]
+    message = _up_failing(var, database, postgres, fake, monkeypatch, redis_port)
+    assert "crasher exited during start-up" in message
+    assert message.splitlines()[-1] == "stopped what this run had started: embedded Redis, sleeper, crasher"
+    assert not Supervisor(var).running() and not (var / "supervisord.pid").exists()
+    assert not listening(redis_port)
+
+
+@pytest.mark.integration
+def test_a_failed_start_leaves_an_earlier_program_running(tmp_path, database, postgres, monkeypatch):
+    """Under a supervisord an earlier `up` started, a failed `up` stops only what it started itself:
+    the embedded Redis and the live program it added; the earlier program keeps its process."""
+    var = tmp_path / "var"
+    redis_port = free_port()
+    monkeypatch.setenv("SESSION_SECRET", "the-stack-secret")
+    env = {
+        "DATABASE_URL": database,
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "SESSION_SECRET": "the-stack-secret",
+    }
+    earlier = Process("earlier", SLEEP, var / "run", env)  # what `up` will configure, unchanged
+    sup = Supervisor(var)
+    sup.write_config([earlier])
+    sup.start()
+    try:
+        sup.start_group("earlier", wait=True)
+        pid = sup.group("earlier")[0]["pid"]
+        fake = [
+            Process("earlier", SLEEP, var / "run"),
+            Process("sleeper", SLEEP, var / "run"),
+            Process("crasher", CRASH, var / "run"),
+        ]
+        message = _up_failing(var, database, postgres, fake, monkeypatch, redis_port)
+        assert (
+            message.splitlines()[-1] == "stopped what this run had started: embedded Redis, sleeper, crasher"
+        )
+        states = {p["name"]: p for p in sup.processes()}
+        assert states["earlier"]["statename"] == "RUNNING" and states["earlier"]["pid"] == pid
+        assert states["sleeper"]["statename"] == "STOPPED" and states["redis"]["statename"] == "STOPPED"
+        assert not listening(redis_port)
+    finally:
+        sup.shutdown()
+
+
+# ----------------------------------------------------------------------------- database roles
+
+
+@pytest.mark.integration
+def test_the_application_role_has_row_rights_and_no_ddl(database):
+    """What every service and every test connects as: reads and writes rows, changes no schema."""
+    with psycopg.connect(database) as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == APP_ROLE
+        attrs = conn.execute(
+            "SELECT rolsuper, rolcreatedb, rolcreaterole, rolbypassrls FROM pg_roles WHERE rolname = %s",
+            (APP_ROLE,),
+        ).fetchone()
+        assert attrs == (False, False, False, False)
+        conn.execute("DELETE FROM jobs WHERE false")
+        conn.execute("UPDATE tracks SET popularity = popularity WHERE false")
+        conn.rollback()
+    for statement in (
+        "DROP TABLE jobs",
+        "CREATE TABLE intruder (id integer)",
+        "ALTER TABLE jobs ADD COLUMN intruder integer",
+        "TRUNCATE jobs",
+        "DELETE FROM alembic_version",
+    ):
+        with psycopg.connect(database, autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    with psycopg.connect(database) as conn:
+        assert conn.execute("SELECT to_regclass('intruder')").fetchone()[0] is None
+
+
+@pytest.mark.integration
+def test_tables_a_later_migration_creates_are_covered(database, postgres):
+    """Default privileges: a table (and its sequence) the owner creates after the grants is usable by
+    the application role at once, with no new GRANT, and still not droppable by it."""
+    with psycopg.connect(postgres.owner_url, autocommit=True) as owner:
+        owner.execute("CREATE TABLE later_migration_probe (id serial PRIMARY KEY, note text)")
+    try:
+        with psycopg.connect(database, autocommit=True) as app:
+            app.execute("INSERT INTO later_migration_probe (note) VALUES ('x')")
+            assert app.execute("SELECT note FROM later_migration_probe").fetchall() == [("x",)]
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute("DROP TABLE later_migration_probe")
+    finally:
+        with psycopg.connect(postgres.owner_url, autocommit=True) as owner:
+            owner.execute("DROP TABLE later_migration_probe")
+
+
+@pytest.mark.integration
+def test_logins_need_the_right_password(postgres):
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    app = conninfo_to_dict(postgres.app_url)
+    for password in ("wrong", None):
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(make_conninfo(**{**app, "password": password}), connect_timeout=3)
+    with psycopg.connect(postgres.app_url, connect_timeout=3) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    hba = (postgres.data / "pg_hba.conf").read_text()
+    rules = [line.split() for line in hba.splitlines() if line.strip() and not line.startswith("#")]
+    assert rules and all(rule[-1] == "scram-sha-256" for rule in rules)
+
+
+@pytest.mark.integration
+def test_generated_passwords_are_private_and_kept(servers_root):
+    """Generated on the first start (0600 files in a 0700 folder), reused on the next; an owner password
+    lost from the var dir is replaced (set in single-user mode), as for a cluster from before the roles."""
+    pg = Postgres(servers_root / "passwords-check", free_port())
+    pg.start()
+    try:
+        assert oct(pg.secrets.stat().st_mode & 0o777) == "0o700"
+        first = {}
+        for role in ("moodtunes", APP_ROLE):
+            path = pg.secrets / f"{role}.password"
+            assert oct(path.stat().st_mode & 0o777) == "0o600"
+            first[role] = path.read_text()
+    finally:
+        pg.stop()
+    pg.start()
+    try:
+        assert {r: (pg.secrets / f"{r}.password").read_text() for r in first} == first
+        psycopg.connect(pg.owner_url, connect_timeout=3).close()
+    finally:
+        pg.stop()
+    (pg.secrets / "moodtunes.password").unlink()
+    pg.start()
+    try:
+        assert (pg.secrets / "moodtunes.password").read_text() != first["moodtunes"]
+        psycopg.connect(pg.owner_url, connect_timeout=3).close()
+    finally:
+        pg.stop()

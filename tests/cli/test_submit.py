@@ -112,3 +112,131 @@ def test_gateway_that_dies_while_waiting(photo):
         f"gateway not reachable at {url}: run `make up` (job j1 was queued)",
     ]
     assert out == ""
+
+
+class RecordingGateway(BaseHTTPRequestHandler):
+    """Accepts a job with a session cookie and answers polls as done; records what each request
+    carried (the Authorization header, the cookie)."""
+
+    seen: list = []
+
+    def _json(self, status: int, body: dict, cookie: str | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if cookie:
+            self.send_header("Set-Cookie", cookie)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _record(self) -> None:
+        self.seen.append((self.command, self.headers.get("Authorization"), self.headers.get("Cookie")))
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._record()
+        self._json(
+            202,
+            {"id": "j1", "status": "queued", "status_url": "/v1/jobs/j1"},
+            cookie="moodtunes_session=signed-by-the-gateway; HttpOnly; Path=/; SameSite=lax",
+        )
+
+    def do_GET(self):
+        self._record()
+        self._json(200, {"id": "j1", "status": "failed", "error": {"code": "no_face", "message": "none"}})
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def recording_gateway():
+    RecordingGateway.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RecordingGateway)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", RecordingGateway.seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_submit_sends_the_api_key_from_the_environment(photo, recording_gateway):
+    url, seen = recording_gateway
+    run = moodtunes("submit", str(photo), "--wait", "--url", url, MOODTUNES_API_KEY="mt_0123_secret")
+    assert run.returncode == 1 and "no_face" in run.stdout  # the job failed: exit 1
+    assert [(method, auth) for method, auth, _ in seen] == [
+        ("POST", "Bearer mt_0123_secret"),
+        ("GET", "Bearer mt_0123_secret"),
+    ]
+
+
+def test_submit_without_a_key_keeps_the_session_cookie_while_it_polls(photo, recording_gateway):
+    url, seen = recording_gateway
+    run = moodtunes("submit", str(photo), "--wait", "--url", url)
+    assert run.returncode == 1 and "no_face" in run.stdout
+    assert seen == [("POST", None, None), ("GET", None, "moodtunes_session=signed-by-the-gateway")]
+
+
+@pytest.fixture
+def real_gateway(clean_jobs, redis_server, monkeypatch):
+    """The real gateway app on a real port (no workers: jobs stay queued), real PostgreSQL/Redis;
+    patient with the database on this busy machine (tests/gateway/conftest.py says why)."""
+    import redis
+
+    from moodtunes.config import get_settings
+    from moodtunes.db import connection
+
+    monkeypatch.setenv("GATEWAY_DB_TIMEOUT_S", "10")
+    get_settings.cache_clear()
+    from moodtunes_gateway.main import create_app
+    from tests.gateway.live import serve
+
+    redis.Redis.from_url(redis_server.url).flushdb()
+    with connection() as conn:
+        conn.execute("DELETE FROM api_keys")  # row rights only: no TRUNCATE
+    with serve(create_app(), free_port()) as url:
+        yield url
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+def only_job_owner() -> str:
+    from moodtunes.db import connection
+
+    with connection() as conn:
+        (row,) = conn.execute("SELECT client_key FROM jobs").fetchall()
+    return row["client_key"]
+
+
+@pytest.mark.integration
+def test_a_job_submitted_with_a_key_belongs_to_the_key(photo, real_gateway):
+    from moodtunes import api_keys
+
+    key, token = api_keys.create("cli test")
+    run = moodtunes("submit", str(photo), "--url", real_gateway, MOODTUNES_API_KEY=token)
+    assert run.returncode == 0, run.stderr
+    assert only_job_owner() == key.owner
+
+
+@pytest.mark.integration
+def test_an_anonymous_submit_can_poll_its_own_job(photo, real_gateway):
+    """No key: the job is the session's, and --wait polls it with the cookie (a poll without the
+    cookie would be a 404, which the CLI reports as an error); no worker runs, so it stays queued."""
+    run = moodtunes("submit", str(photo), "--wait", "--timeout", "1.5", "--url", real_gateway)
+    assert run.returncode == 1
+    assert run.stdout.strip().endswith("still queued") and "answered 404" not in run.stderr
+    assert only_job_owner().startswith("session:")
+
+
+@pytest.mark.integration
+def test_a_revoked_key_is_refused(photo, real_gateway):
+    from moodtunes import api_keys
+
+    key, token = api_keys.create()
+    api_keys.revoke(key.id)
+    run = moodtunes("submit", str(photo), "--url", real_gateway, MOODTUNES_API_KEY=token)
+    assert run.returncode == 1
+    assert run.stderr.startswith("rejected (401): api_key_revoked:")

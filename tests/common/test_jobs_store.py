@@ -1,8 +1,13 @@
-"""Guarded job transitions on the real PostgreSQL."""
+"""Guarded job transitions on the real PostgreSQL, and the workers' writes waiting out a
+database restart."""
 
+import logging
+
+import psycopg
 import pytest
 
-from moodtunes import jobs
+from moodtunes import db, jobs
+from moodtunes.config import get_settings
 
 pytestmark = pytest.mark.integration
 
@@ -36,15 +41,92 @@ def test_image_is_deleted_once_classified(clean_jobs):
     assert jobs.image(job_id) is None
 
 
-def test_expire_stale_only_touches_old_unfinished_jobs(clean_jobs):
+def test_a_failed_job_keeps_no_photo(clean_jobs):
+    job_id = make_job()
+    assert jobs.fail(job_id, "no_face", "no face")
+    assert jobs.image(job_id) is None
+
+
+def test_reading_a_stale_job_never_fails_it(clean_jobs):
+    """Failing stuck jobs is the reconciler's (after re-sending them), not a side effect of a read."""
     from moodtunes.db import connection
 
-    old, fresh = make_job(), make_job()
+    stale = make_job()
     with connection() as conn:
-        conn.execute("UPDATE jobs SET updated_at = now() - interval '10 minutes' WHERE id = %s", (old,))
-    assert jobs.expire_stale(60) == 1
-    assert jobs.get(old)["error_code"] == "timeout"
-    assert jobs.get(fresh)["status"] == "queued"
+        conn.execute("UPDATE jobs SET updated_at = now() - interval '1 hour' WHERE id = %s", (stale,))
+    row = jobs.poll(stale)
+    assert (row["status"], row["error_code"], str(row["id"])) == ("queued", None, stale)
+    assert row == jobs.get(stale) and jobs.image(stale) == b"img"
+    assert jobs.poll(jobs.new_job_id()) is None
+
+
+def test_heartbeat_keeps_an_unfinished_job_alive_and_remembers_the_error(clean_jobs):
+    from moodtunes.db import connection
+
+    job_id = make_job()
+    with connection() as conn:
+        conn.execute("UPDATE jobs SET updated_at = now() - interval '1 hour' WHERE id = %s", (job_id,))
+    before = jobs.get(job_id)["updated_at"]
+    assert jobs.heartbeat(job_id, "model_unavailable: UNAVAILABLE")
+    assert jobs.heartbeat(job_id)  # no new error: the last one stays
+    row = jobs.get(job_id)
+    assert row["updated_at"] > before and row["last_error"] == "model_unavailable: UNAVAILABLE"
+    jobs.transition(job_id, jobs.UNFINISHED, jobs.DONE, recommendation={"tracks": []})
+    assert not jobs.heartbeat(job_id, "late")  # a finished job is not touched
+    assert jobs.get(job_id)["last_error"] == "model_unavailable: UNAVAILABLE"
+
+
+def drop_database_connections() -> None:
+    """What a PostgreSQL restart does to a client: every open connection is cut (the pooled, idle
+    ones find out on their next statement)."""
+    with psycopg.connect(get_settings().database_url, autocommit=True) as conn:
+        conn.execute(
+            """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+               WHERE datname = current_database() AND pid <> pg_backend_pid()
+                 AND backend_type = 'client backend'"""
+        )
+
+
+def test_worker_writes_wait_out_a_database_restart(clean_jobs, caplog):
+    job_id = make_job()
+    assert jobs.get(job_id)  # the pool holds an open connection
+    drop_database_connections()
+    with caplog.at_level(logging.WARNING, logger="moodtunes.db"):
+        assert jobs.claim(job_id) == {"attempts": 1, "image": b"img"}
+    assert "database unavailable" in caplog.text  # it failed once, and was retried
+    drop_database_connections()
+    assert jobs.transition(job_id, (jobs.DETECTING,), jobs.CLASSIFYING)
+    assert jobs.get(job_id)["status"] == "classifying"
+
+
+def test_a_request_handler_write_does_not_wait(clean_jobs):
+    job_id = make_job()
+    assert jobs.get(job_id)
+    drop_database_connections()
+    try:
+        with pytest.raises(psycopg.OperationalError):
+            jobs.fail(job_id, "queue_unavailable", "queue down", retry=False)
+    finally:
+        db.pool().check()  # drop what is left of the cut connections
+    assert jobs.get(job_id)["status"] == "queued"
+
+
+def test_purge_counts_or_deletes_only_finished_jobs_past_the_age(clean_jobs):
+    from moodtunes.db import connection
+
+    old_done, new_done, old_queued = make_job(), make_job(), make_job()
+    for job_id in (old_done, new_done):
+        jobs.transition(job_id, jobs.UNFINISHED, jobs.DONE, recommendation={"tracks": []})
+    with connection() as conn:
+        conn.execute(
+            "UPDATE jobs SET finished_at = now() - interval '2 days', created_at = now() - interval '2 days' "
+            "WHERE id = ANY(%s)",
+            ([old_done, old_queued],),
+        )
+    assert jobs.purge_finished(86400, dry_run=True) == 1
+    assert jobs.get(old_done) is not None
+    assert jobs.purge_finished(86400, batch=1) == 1  # batches until one comes back short
+    assert jobs.get(old_done) is None and jobs.get(new_done) and jobs.get(old_queued)
 
 
 def test_create_answers_status_and_creation_time(clean_jobs):
@@ -71,19 +153,6 @@ def test_claim_never_moves_a_job_backwards(clean_jobs):
     row = jobs.get(job_id)
     assert (row["status"], row["attempts"]) == ("recommending", 0)
     assert jobs.claim(jobs.new_job_id()) is None  # unknown job
-
-
-def test_poll_fails_a_stale_job_in_the_same_statement(clean_jobs):
-    from moodtunes.db import connection
-
-    stale, fresh = make_job(), make_job()
-    with connection() as conn:
-        conn.execute("UPDATE jobs SET updated_at = now() - interval '10 minutes' WHERE id = %s", (stale,))
-    row = jobs.poll(stale, 60)
-    assert (row["status"], row["error_code"], str(row["id"])) == ("failed", "timeout", stale)
-    assert row == jobs.get(stale) and jobs.image(stale) is None
-    assert jobs.poll(fresh, 60)["status"] == "queued" and jobs.image(fresh) == b"img"
-    assert jobs.poll(jobs.new_job_id(), 60) is None
 
 
 def test_the_database_knows_the_same_statuses(database):

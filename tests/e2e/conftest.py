@@ -1,5 +1,6 @@
 """The whole stack as real processes: model server (newest exported model), FER worker,
-recommender worker and gateway, wired to the suite's PostgreSQL and its own Redis database."""
+recommender worker, reconciler and gateway (localstack.service_processes, what `make up` supervises),
+wired to the suite's PostgreSQL as the application role and to their own Redis database."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def stack(database, redis_server, tmp_path_factory):
         "DATABASE_URL": database,
         "REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/1",
         "MODELS_DIR": str(MODELS_DIR),
-        "JOB_TIMEOUT_S": "120",
+        "JOB_TIMEOUT_S": "180",
     }
     gateway_port = free_port()
     procs = service_processes(run_dir, env, model_port=free_port(), gateway_port=gateway_port)

@@ -136,7 +136,14 @@ def test_upload_a_face_photo_and_get_a_playlist(stack, browser, photo):
     accepted = submit_photo(page, photo, mode="uplift", limit=8)
     assert page.get_by_test_id("progress").is_visible()
     page.wait_for_selector("[data-testid=track]", timeout=JOB_WAIT_MS)
-    job = httpx.get(f"{stack['url']}/v1/jobs/{accepted['id']}", timeout=10).json()
+    # The job is the browser session's: read it with the page's (HttpOnly) session cookie, which
+    # page scripts never see; without it the gateway says there is no such job.
+    session = {c["name"]: c["value"] for c in context.cookies() if c["name"] == "moodtunes_session"}
+    assert session and next(c for c in context.cookies() if c["name"] == "moodtunes_session")["httpOnly"]
+    assert page.evaluate("document.cookie") == ""
+    job_url = f"{stack['url']}/v1/jobs/{accepted['id']}"
+    assert httpx.get(job_url, timeout=10).json()["error"]["code"] == "job_not_found"
+    job = httpx.get(job_url, cookies=session, timeout=10).json()
     assert job["status"] == "done", job["error"]
     rec = job["recommendation"]
 

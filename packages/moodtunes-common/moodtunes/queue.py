@@ -2,16 +2,93 @@
 
 Redis only carries work; every state change is written to PostgreSQL. Tasks are sent by name so
 the gateway never imports worker code (and so never needs TensorFlow).
+
+How a job survives a crash or an outage, with the default settings (config.Settings); the
+relations are checked by `check_timing` (tests, and the reconciler at start):
+
+- Every task is acknowledged late and is idempotent by job id (guarded transitions in
+  moodtunes.jobs), so any message may be delivered twice.
+- Inside a task, short outages are waited out: PostgreSQL for DB_RETRY_S (30 s, moodtunes.db),
+  the model server for MODEL_RETRY_S (30 s, FER worker), Redis for PUBLISH_RETRY_S (30 s, the
+  publish retry policy below). A task that still fails leaves its job unfinished; it is never
+  failed for a transient error.
+- The reconciler (moodtunes.reconciler, every RECONCILE_INTERVAL_S, 2 s) re-sends the FER task of
+  a job with no sign of life for STAGE_DEADLINE_S (15 s; then 30, 60, 120 s after each re-send),
+  fails a job claimed MAX_DELIVERIES (5) times with `too_many_attempts`, and any job unfinished
+  JOB_TIMEOUT_S (180 s) after it was created with `timeout`.
+- The broker redelivers a message that was taken and never acknowledged (its worker's main
+  process died) after VISIBILITY_TIMEOUT_S (120 s), looking every RESTORE_EVERY_S (10 s). That
+  is a backstop for when no reconciler runs, and it must agree with the rest:
+  longest task (30 + 30 + 10 model timeout + 30 = 100 s) < 120 s: a running task is not redelivered;
+  120 + 10 = 130 s <= JOB_TIMEOUT_S (180 s): a redelivery comes before the job's deadline;
+  STAGE_DEADLINE_S (15 s) < 120 s: the reconciler, not the broker, normally recovers a lost message.
 """
 
 from __future__ import annotations
 
+import redis.exceptions
 from celery import Celery
+from kombu.exceptions import OperationalError as KombuOperationalError
 
-from moodtunes.config import get_settings
+from moodtunes.config import Settings, get_settings
 
 FER_TASK = "moodtunes.fer.process_job"
 RECOMMEND_TASK = "moodtunes.recommender.recommend"
+
+VISIBILITY_TIMEOUT_S = 120
+RESTORE_EVERY_S = 10
+
+# Redis is gone or restarting: publishing again in a moment may succeed.
+BROKER_ERRORS: tuple[type[Exception], ...] = (
+    KombuOperationalError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+)
+
+# The gateway's publish: a client is waiting, so give up fast (~2 s) and answer 503.
+QUICK_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
+
+
+def outage_retry_policy(budget_s: float | None = None) -> dict:
+    """A publish retry policy that waits out a Redis outage of about `budget_s` (default
+    PUBLISH_RETRY_S): retries at once, after 0.5 s, then every second."""
+    budget_s = get_settings().publish_retry_s if budget_s is None else budget_s
+    return {
+        "max_retries": max(1, round(budget_s)),
+        "interval_start": 0,
+        "interval_step": 0.5,
+        "interval_max": 1.0,
+    }
+
+
+def longest_task_s(s: Settings) -> float:
+    """The longest a task may run while it waits out outages (each budget spent once)."""
+    return s.db_retry_s + s.model_retry_s + s.model_timeout_s + s.publish_retry_s
+
+
+def check_timing(s: Settings | None = None) -> list[str]:
+    """The relations above that these settings break (empty: they agree)."""
+    s = s or get_settings()
+    problems = []
+    if longest_task_s(s) >= VISIBILITY_TIMEOUT_S:
+        problems.append(
+            f"a task may run {longest_task_s(s):g} s, not under the visibility timeout "
+            f"({VISIBILITY_TIMEOUT_S} s): a running task could be redelivered"
+        )
+    if VISIBILITY_TIMEOUT_S + RESTORE_EVERY_S > s.job_timeout_s:
+        problems.append(
+            f"a broker redelivery may come after {VISIBILITY_TIMEOUT_S + RESTORE_EVERY_S} s, "
+            f"past JOB_TIMEOUT_S ({s.job_timeout_s:g} s)"
+        )
+    if s.stage_deadline_s >= VISIBILITY_TIMEOUT_S:
+        problems.append(
+            f"STAGE_DEADLINE_S ({s.stage_deadline_s:g} s) is not under the visibility timeout: "
+            "lost messages would wait for the broker"
+        )
+    if s.stage_deadline_s >= s.job_timeout_s:
+        problems.append("STAGE_DEADLINE_S is not under JOB_TIMEOUT_S: stuck jobs are never re-sent")
+    return problems
 
 
 def make_celery(name: str) -> Celery:
@@ -28,14 +105,15 @@ def make_celery(name: str) -> Celery:
         task_routes={FER_TASK: {"queue": s.fer_queue}, RECOMMEND_TASK: {"queue": s.recommend_queue}},
         task_default_queue=s.fer_queue,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 3600},
-        task_publish_retry=True,
-        task_publish_retry_policy={
-            "max_retries": 3,
-            "interval_start": 0.2,
-            "interval_step": 0.5,
-            "interval_max": 1.0,
+        broker_transport_options={
+            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            "unacked_restore_interval": RESTORE_EVERY_S,
+            "unacked_restore_throttle": 1,  # look every RESTORE_EVERY_S, not 10 times less often
+            "socket_connect_timeout": 3,
+            "socket_timeout": 10,  # a publish on a half-open connection fails instead of hanging
         },
+        task_publish_retry=True,
+        task_publish_retry_policy=QUICK_RETRY,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         enable_utc=True,
@@ -53,9 +131,12 @@ def producer() -> Celery:
     return _producer
 
 
-def enqueue_fer(job_id: str, app: Celery | None = None, *, options=None) -> None:
+def enqueue_fer(
+    job_id: str, app: Celery | None = None, *, options=None, retry_policy: dict | None = None
+) -> None:
     """Task id = job id: a redelivered or resent message names the same job, never a new one.
-    `options` (events.JobOptions) travel with it, so the workers need not read them back."""
+    `options` (events.JobOptions) travel with it, so the workers need not read them back.
+    Without `retry_policy`, the app's own publish policy applies (the gateway's gives up fast)."""
     from moodtunes.events import FerJob, to_json
 
     (app or producer()).send_task(
@@ -63,10 +144,12 @@ def enqueue_fer(job_id: str, app: Celery | None = None, *, options=None) -> None
         args=[to_json(FerJob(job_id=job_id, options=options))],
         task_id=job_id,
         queue=get_settings().fer_queue,
+        **({"retry_policy": retry_policy} if retry_policy else {}),
     )
 
 
-def enqueue_recommend(event, app: Celery | None = None) -> None:
+def enqueue_recommend(event, app: Celery | None = None, *, retry_policy: dict | None = None) -> None:
+    """The FER worker's publish: waits out a Redis outage of PUBLISH_RETRY_S before it gives up."""
     from moodtunes.events import to_json
 
     (app or producer()).send_task(
@@ -74,4 +157,5 @@ def enqueue_recommend(event, app: Celery | None = None) -> None:
         args=[to_json(event)],
         task_id=f"{event.job_id}:recommend",
         queue=get_settings().recommend_queue,
+        retry_policy=retry_policy or outage_retry_policy(),
     )

@@ -82,6 +82,10 @@ class ModelServerClient:
                 ("grpc.service_config", _retry_service_config(max_attempts)),
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
+                # reconnect within ~2 s of a restarted model server (gRPC's default backoff
+                # grows to 120 s, leaving a worker waiting long after the server is back)
+                ("grpc.initial_reconnect_backoff_ms", 250),
+                ("grpc.max_reconnect_backoff_ms", 2000),
             ],
         )
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)

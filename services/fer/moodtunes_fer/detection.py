@@ -51,7 +51,8 @@ class Box:
 
 def decode_grey(data: bytes, max_pixels: int | None = None) -> np.ndarray:
     """Image bytes -> upright uint8 greyscale array, decoded as the gateway validated it
-    (moodtunes.images: EXIF orientation, pixel limit, ImageError)."""
+    (moodtunes.images: EXIF orientation, 16-bit and alpha to 8-bit, size limits, ImageError with
+    a code, so a bad photo fails its job with that code, never as internal_error)."""
     return np.asarray(decode(data, max_pixels).image.convert("L"), dtype=np.uint8)
 
 

@@ -1,7 +1,10 @@
 """FER worker: image -> faces -> CNN features (model server, gRPC) -> PCA + classifier -> event.
 
 Every step is a guarded job transition in PostgreSQL, so a redelivered task resumes or skips
-instead of duplicating work, and every failure ends the job with a stable error code.
+instead of duplicating work. A failure that would happen again (no face, a broken image) ends the
+job with a stable error code; an outage does not: the task waits it out (PostgreSQL, the model
+server, Redis: budgets in moodtunes/queue.py), and if it lasts longer leaves the job unfinished for
+the reconciler to send again. Photos are never logged: messages name jobs by id.
 """
 
 from __future__ import annotations
@@ -10,21 +13,21 @@ import logging
 from functools import lru_cache
 
 import grpc
-import psycopg
+import tenacity
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from moodtunes import jobs
 from moodtunes.config import get_settings
+from moodtunes.db import TRANSIENT_ERRORS as DB_ERRORS
 from moodtunes.events import EmotionDetected, FerJob, JobOptions, from_json, options_from_row
 from moodtunes.events import ModelRef as ModelRefMessage
-from moodtunes.queue import FER_TASK, enqueue_recommend, make_celery
+from moodtunes.queue import BROKER_ERRORS, FER_TASK, enqueue_recommend, make_celery
 from moodtunes.results import Face, FaceBox, ModelRef
 from moodtunes_fer.signature import CLASS_NAMES
 from moodtunes_tfserving.client import ModelServerError
 
 log = logging.getLogger("moodtunes.fer")
 app = make_celery("moodtunes-fer")
-MODEL_RETRIES = 5
 # Worth retrying: the model server is restarting, overloaded or slow. Anything else (a bad input,
 # an unknown model) would fail the same way again.
 TRANSIENT_GRPC_CODES = {
@@ -32,6 +35,15 @@ TRANSIENT_GRPC_CODES = {
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+
+
+def model_outage(exc: BaseException) -> bool:
+    return isinstance(exc, ModelServerError) and exc.code in TRANSIENT_GRPC_CODES
+
+
+def transient(exc: BaseException) -> bool:
+    """An outage, not the photo: the job is left for a later delivery, never failed for it."""
+    return isinstance(exc, DB_ERRORS + BROKER_ERRORS) or model_outage(exc)
 
 
 class JobFailed(Exception):
@@ -85,6 +97,35 @@ def classify_faces(grey, boxes) -> tuple[list[Face], ModelRef]:
     return faces, model
 
 
+def _still_waiting(job_id: str):
+    """Before each wait for the model server: tells the reconciler this job is held (so it is not
+    sent again meanwhile) and what it waits on."""
+
+    def note(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception()
+        log.warning("job %s: model server unavailable (%s); retry %d", job_id, exc, state.attempt_number)
+        try:
+            jobs.heartbeat(job_id, f"model_unavailable: {exc}")
+        except Exception as db_exc:  # best effort: the database may be away too
+            log.warning("job %s: heartbeat not recorded: %s", job_id, db_exc)
+
+    return note
+
+
+def classify_waiting(job_id: str, grey, boxes) -> tuple[list[Face], ModelRef]:
+    """classify_faces, retried with backoff (0.25 s doubling to 2 s) while the model server is
+    restarting, overloaded or slow, for up to MODEL_RETRY_S."""
+    budget_s = get_settings().model_retry_s
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(model_outage),
+        wait=tenacity.wait_exponential(multiplier=0.25, max=2.0),
+        stop=tenacity.stop_after_delay(budget_s),
+        before_sleep=_still_waiting(job_id),
+        reraise=True,
+    )
+    return retrying(classify_faces, grey, boxes)
+
+
 def emotion_event(
     job_id: str, faces: list[Face], chosen: int, model: ModelRef, options: JobOptions
 ) -> EmotionDetected:
@@ -107,7 +148,7 @@ def republish(job_id: str, options: JobOptions | None) -> None:
     """A job the FER stage cannot claim: if it crashed after classifying (recommending), the
     event may never have left, so publish it again from the stored result (the recommender
     ignores a duplicate); anything else has nothing left to do here."""
-    job = jobs.get(job_id)
+    job = jobs.get(job_id, retry=True)
     if job is None:
         log.warning("unknown job %s: dropped", job_id)
     elif job["status"] == jobs.RECOMMENDING:
@@ -135,6 +176,9 @@ def process(job_id: str, options: JobOptions | None = None) -> None:
     if claimed is None:
         republish(job_id, options)
         return
+    if claimed["attempts"] > s.max_deliveries:  # started that often and never finished: a photo
+        # that kills its worker is redelivered at once (task_reject_on_worker_lost); stop here
+        raise JobFailed(jobs.TOO_MANY_ATTEMPTS, jobs.too_many_attempts_message(claimed["attempts"] - 1))
     if claimed["image"] is None:
         raise JobFailed("image_missing", "the uploaded image is no longer available; submit it again")
     try:
@@ -149,11 +193,11 @@ def process(job_id: str, options: JobOptions | None = None) -> None:
             "face looking at the camera, not too small in the frame.",
         )
     if not jobs.transition(job_id, (jobs.DETECTING,), jobs.CLASSIFYING):
-        log.info("job %s moved on while detecting (timed out?): stopped", job_id)
+        log.info("job %s moved on while detecting (another delivery, or failed): stopped", job_id)
         return
-    faces, model = classify_faces(grey, boxes)
+    faces, model = classify_waiting(job_id, grey, boxes)
     if options is None:
-        options = options_from_row(jobs.get(job_id))
+        options = options_from_row(jobs.get(job_id, retry=True))
     chosen = 0  # the largest face
     if jobs.transition(
         job_id, (jobs.CLASSIFYING,), jobs.RECOMMENDING, faces=faces, chosen_face=chosen, model=model
@@ -161,8 +205,8 @@ def process(job_id: str, options: JobOptions | None = None) -> None:
         enqueue_recommend(emotion_event(job_id, faces, chosen, model, options))
 
 
-@app.task(name=FER_TASK, bind=True, acks_late=True, max_retries=MODEL_RETRIES)
-def process_job(self, payload: dict) -> None:
+@app.task(name=FER_TASK, acks_late=True)
+def process_job(payload: dict) -> None:
     message = from_json(payload, FerJob)
     job_id = message.job_id
     try:
@@ -171,12 +215,19 @@ def process_job(self, payload: dict) -> None:
         jobs.fail(job_id, exc.code, exc.message)
         log.info("job %s failed: %s", job_id, exc.code)
     except Exception as exc:
-        transient = isinstance(exc, psycopg.OperationalError) or (
-            isinstance(exc, ModelServerError) and exc.code in TRANSIENT_GRPC_CODES
-        )
-        if transient and self.request.retries < self.max_retries:
-            log.warning("job %s: transient error, retrying: %s", job_id, exc)
-            raise self.retry(exc=exc, countdown=min(30, 2**self.request.retries)) from exc
+        if transient(exc):  # waited out as long as allowed: the reconciler sends the job again
+            log.warning("job %s left unfinished for the reconciler: %s: %s", job_id, type(exc).__name__, exc)
+            try:
+                jobs.heartbeat(job_id, f"{_outage_code(exc)}: {exc}")
+            except Exception:  # the database is the outage: the job keeps its last state
+                pass
+            return
         code = "model_unavailable" if isinstance(exc, ModelServerError) else "internal_error"
         jobs.fail(job_id, code, f"emotion recognition failed: {exc}")
         log.exception("job %s failed", job_id)
+
+
+def _outage_code(exc: BaseException) -> str:
+    if isinstance(exc, DB_ERRORS):
+        return "database_unavailable"
+    return "queue_unavailable" if isinstance(exc, BROKER_ERRORS) else "model_unavailable"

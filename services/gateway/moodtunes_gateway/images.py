@@ -19,6 +19,9 @@ class CheckedImage:
 
 
 def check_image(data: bytes, max_bytes: int, max_pixels: int) -> CheckedImage:
+    """The upload's type and upright size, or the APIError the client gets: 413 over `max_bytes`,
+    415 for a format the decoder refuses, 422 for an empty, damaged, too large or strip-shaped
+    image (sides and aspect limits come from the settings, as in the worker)."""
     if not data:
         raise APIError(422, "empty_file", "The uploaded file is empty (0 bytes).")
     if len(data) > max_bytes:

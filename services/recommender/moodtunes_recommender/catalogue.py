@@ -256,11 +256,16 @@ def load_csv(path: str | Path, database_url: str | None = None, progress: bool =
 def load_and_report(
     source: str | Path, rejects_csv: str | Path | None = None, echo: Callable[[str], None] = print
 ) -> LoadReport:
-    """Loads SOURCE and prints the summary; the one body behind both entry points."""
-    report = load_csv(source)
+    """Loads SOURCE and prints the summary; the one body behind both entry points. Connects as the
+    owner role (DATABASE_OWNER_URL, else DATABASE_URL): a first load rebuilds the vector indexes,
+    which the services' least-privilege role may not do."""
+    from moodtunes.migrations import owner_url
+
+    url = owner_url()
+    report = load_csv(source, database_url=url)
     echo(
         f"{source}: {report.rows} rows, {report.loaded} loaded, {report.rejected} rejected, "
-        f"{report.duplicates_in_file} duplicate ids in the file; catalogue now {count_tracks()} tracks"
+        f"{report.duplicates_in_file} duplicate ids in the file; catalogue now {count_tracks(url)} tracks"
     )
     for line, reason in report.rejects[:20]:
         echo(f"  rejected line {line}: {reason}")
@@ -275,7 +280,7 @@ def load_and_report(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m moodtunes_recommender.catalogue",
-        description="The track catalogue in PostgreSQL ($DATABASE_URL).",
+        description="The track catalogue in PostgreSQL ($DATABASE_OWNER_URL, else $DATABASE_URL).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     load = commands.add_parser("load", help="validate and upsert a catalogue (idempotent, by track_id)")

@@ -2,6 +2,8 @@
 
 The event carries everything the playlist depends on (probabilities, mode, limit, filters,
 diversity, client key), so the job row is only locked and finished, never read for its options.
+A PostgreSQL outage is waited out (DB_RETRY_S), then the job is left in `recommending` for the
+reconciler, never failed for it; only an error that would happen again fails the job.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from moodtunes import jobs
-from moodtunes.db import connection
+from moodtunes.db import TRANSIENT_ERRORS, connection, retry_transient
 from moodtunes.events import EmotionDetected, filters_of, from_json, options_from_row
 from moodtunes.queue import RECOMMEND_TASK, make_celery
 from moodtunes.results import Recommendation
@@ -81,6 +83,11 @@ def recommend(event: EmotionDetected) -> Recommendation | None:
     return recommendation
 
 
+# The whole job again (one transaction: lock, build, write) while PostgreSQL is away; a repeat after
+# a commit whose answer was lost finds the job done and does nothing.
+recommend_waiting = retry_transient(recommend)
+
+
 @app.task(name=RECOMMEND_TASK, bind=True, max_retries=3, acks_late=True)
 def recommend_task(self, payload: dict) -> None:
     try:
@@ -92,7 +99,9 @@ def recommend_task(self, payload: dict) -> None:
         log.error("dropping malformed event %r: %s", payload, exc)
         return
     try:
-        recommend(event)
+        recommend_waiting(event)
+    except TRANSIENT_ERRORS as exc:  # still away after DB_RETRY_S: the reconciler re-sends the job
+        log.warning("job %s left in recommending for the reconciler: %s", event.job_id, exc)
     except Exception as exc:
         if self.request.retries < self.max_retries:
             raise self.retry(exc=exc, countdown=1 + 2 * self.request.retries) from exc

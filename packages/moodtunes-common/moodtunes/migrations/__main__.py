@@ -15,7 +15,10 @@ from moodtunes import migrations
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m moodtunes.migrations",
-        description="Alembic migrations of the moodtunes database ($DATABASE_URL).",
+        description=(
+            "Alembic migrations of the moodtunes database, as $DATABASE_OWNER_URL (else $DATABASE_URL); "
+            "then $DATABASE_URL's role, when it is another, gets row rights only."
+        ),
     )
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("upgrade", help="apply migrations up to REVISION")

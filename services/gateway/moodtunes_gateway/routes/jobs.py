@@ -1,15 +1,24 @@
-"""POST /v1/jobs and GET /v1/jobs/{id}: create, enqueue and poll emotion-to-music jobs."""
+"""POST /v1/jobs and GET /v1/jobs/{id}: create, enqueue and poll emotion-to-music jobs.
+
+The handlers are plain `def`s: FastAPI runs them in its thread pool, because decoding a photo, the
+database and the Redis publish all block, and the event loop must stay free for every other request
+(/healthz keeps answering in milliseconds during large uploads: benchmarks/gateway_stall.py). Only
+the multipart parsing, which streams, runs on the loop.
+
+A job and its feedback belong to their owner (moodtunes_gateway.identity); anyone else is told the
+job does not exist.
+"""
 
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from enum import Enum
 from typing import Annotated
 
 import psycopg
-from fastapi import APIRouter, Cookie, File, Form, Header, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, Response, Security, UploadFile
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
@@ -18,7 +27,9 @@ from moodtunes.config import get_settings
 from moodtunes.events import job_options
 from moodtunes.queue import enqueue_fer
 from moodtunes.results import Filters
+from moodtunes_gateway import backends, guards
 from moodtunes_gateway.errors import APIError
+from moodtunes_gateway.identity import Owner, client_ip, current_owner, owner_or_new_session
 from moodtunes_gateway.images import check_image
 from moodtunes_gateway.schemas import Job, JobAccepted
 
@@ -26,33 +37,19 @@ log = logging.getLogger("moodtunes.gateway")
 router = APIRouter(prefix="/v1", tags=["jobs"])
 JOBS_CREATED = Counter("moodtunes_jobs_created_total", "Jobs accepted", ["mode"])
 JOBS_REJECTED = Counter("moodtunes_jobs_rejected_total", "Uploads rejected", ["code"])
-READ_CHUNK = 1 << 20
 
 Mode = Enum("Mode", {name: name for name in modes.names()}, type=str)
-CLIENT_COOKIE = "moodtunes_client"
-CLIENT_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_GENRES = 10
+# Documents the API key in /docs ("Authorize"); identity.current_owner does the checking.
+API_KEY = HTTPBearer(auto_error=False, description="An API key from `moodtunes keys create`")
+ApiKey = Annotated[HTTPAuthorizationCredentials | None, Security(API_KEY)]
+BUSY = {"description": "a backing service is down or the queue is full (Retry-After)"}
+LIMITED = {"description": "rate_limited or too_many_jobs (Retry-After)"}
+UNAUTHORIZED = {"description": "invalid_api_key or api_key_revoked"}
 
 
-async def read_limited(upload: UploadFile, max_bytes: int) -> bytes:
-    """Reads at most max_bytes + 1 bytes, so an oversized upload is refused without buffering it all."""
-    chunks, size = [], 0
-    while chunk := await upload.read(READ_CHUNK):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > max_bytes:
-            raise APIError(413, "file_too_large", f"The file is over the {max_bytes}-byte limit.")
-    return b"".join(chunks)
-
-
-def _database_unavailable(exc: Exception) -> APIError:
-    log.error("database unavailable: %s", exc)
-    return APIError(
-        503,
-        "database_unavailable",
-        "The job store is unavailable; try again shortly.",
-        headers={"Retry-After": "5"},
-    )
+def job_not_found(job_id: str) -> APIError:
+    return APIError(404, "job_not_found", f"No job with id {job_id!r}.")
 
 
 @router.post(
@@ -60,15 +57,19 @@ def _database_unavailable(exc: Exception) -> APIError:
     status_code=202,
     response_model=JobAccepted,
     responses={
+        401: UNAUTHORIZED,
         413: {"description": "file too large"},
         415: {"description": "unsupported format"},
         422: {"description": "invalid image or parameters"},
-        503: {"description": "busy"},
+        429: LIMITED,
+        503: BUSY,
     },
 )
-async def create_job(
+def create_job(
     request: Request,
     response: Response,
+    owner: Annotated[Owner, Depends(owner_or_new_session)],
+    _key: ApiKey,
     image: Annotated[UploadFile, File(description="A photo with a face: JPEG, PNG or WebP")],
     mode: Annotated[Mode, Form(description="How the music relates to the mood (see /v1/modes)")] = "match",
     limit: Annotated[int, Form(ge=1, le=50, description="Number of tracks")] = 10,
@@ -80,21 +81,19 @@ async def create_job(
     diversity: Annotated[
         float | None, Form(ge=0, le=1, description="0 nearest only .. 1 most varied")
     ] = None,
-    client_key: Annotated[str | None, Form(description="who is listening (feedback is per client)")] = None,
-    x_client_key: Annotated[str | None, Header()] = None,
-    moodtunes_client: Annotated[str | None, Cookie()] = None,
 ):
+    """A photo in, a queued job out (202). Without an API key or a session the caller gets a
+    session cookie here: send it back to poll the job and rate its tracks."""
     s = get_settings()
     mode = Mode(mode).value
     filters = job_filters(year_min, year_max, genres, min_popularity, exclude_explicit)
-    client = client_key or x_client_key or moodtunes_client
-    if client is not None and not CLIENT_KEY.match(client):
-        raise APIError(422, "invalid_client_key", "client_key: 1-64 letters, digits or _.:- only.")
-    if client is None:  # anonymous session: remembered by a cookie so dislikes stick
-        client = "anon:" + uuid.uuid4().hex
-        response.set_cookie(CLIENT_COOKIE, client, max_age=365 * 86400, httponly=True, samesite="lax")
+    # The cheap refusals first, before the photo is decoded or anything is written
+    guards.check_rate("jobs", s.rate_limit_jobs, owner.limit_key)
+    backends.use_gateway_pool()
+    guards.check_unfinished(owner.key)
+    request.app.state.queue_depth.check()
     try:
-        data = await read_limited(image, s.max_upload_bytes)
+        data = image.file.read(s.max_upload_bytes + 1)  # the file is on disk already, within the limit
         checked = check_image(data, s.max_upload_bytes, s.max_image_pixels)
     except APIError as exc:
         JOBS_REJECTED.labels(exc.code).inc()
@@ -110,27 +109,33 @@ async def create_job(
             width=checked.width,
             height=checked.height,
             filters=filters,
-            client_key=client,
+            client_key=owner.key,
             diversity=diversity,
         )
     except psycopg.OperationalError as exc:
-        raise _database_unavailable(exc) from exc
+        raise backends.database_unavailable(exc) from exc
     try:  # the options travel with the work: no worker reads them back from the job row
         enqueue_fer(
             job_id,
+            app=backends.producer(),
             options=job_options(
-                mode=mode, limit=limit, filters=filters, diversity=diversity, client_key=client
+                mode=mode, limit=limit, filters=filters, diversity=diversity, client_key=owner.key
             ),
         )
     except Exception as exc:  # broker down: the job must not sit in 'queued' forever
         log.error("enqueue failed for job %s: %s", job_id, exc)
-        jobs.fail(job_id, "queue_unavailable", "The work queue was unavailable; please submit again.")
-        raise APIError(
-            503,
-            "queue_unavailable",
-            "The work queue is unavailable; try again shortly.",
-            headers={"Retry-After": "5"},
-        ) from exc
+        try:
+            jobs.fail(
+                job_id,
+                "queue_unavailable",
+                "The work queue was unavailable; please submit again.",
+                retry=False,  # a client is waiting: no outage retries here
+            )
+        except psycopg.OperationalError as db_exc:  # both down: the job times out instead
+            log.error("could not fail job %s: %s", job_id, db_exc)
+        raise backends.queue_unavailable(exc) from exc
+    if owner.new_session:
+        request.app.state.sessions.set_cookie(response, owner.new_session)
     JOBS_CREATED.labels(mode).inc()
     url = str(request.url_for("get_job", job_id=job_id).path)
     response.headers["Location"] = url
@@ -180,20 +185,31 @@ def job_view(row: dict) -> dict:
     }
 
 
-@router.get(
-    "/jobs/{job_id}", response_model=Job, name="get_job", responses={404: {"description": "unknown job"}}
-)
-def get_job(job_id: str):
+def _valid_id(job_id: str) -> bool:
     try:
         uuid.UUID(job_id)
     except ValueError:
-        raise APIError(404, "job_not_found", f"No job with id {job_id!r}.") from None
+        return False
+    return True
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=Job,
+    name="get_job",
+    responses={401: UNAUTHORIZED, 404: {"description": "no such job of yours"}, 503: BUSY},
+)
+def get_job(job_id: str, owner: Annotated[Owner | None, Depends(current_owner)], _key: ApiKey):
+    """The job, to its owner only: to anyone else it does not exist (404, as for an unknown id)."""
+    if owner is None or not _valid_id(job_id):
+        raise job_not_found(job_id)
+    backends.use_gateway_pool()
     try:
-        row = jobs.poll(job_id, get_settings().job_timeout_s)
+        row = jobs.poll(job_id)
     except psycopg.OperationalError as exc:
-        raise _database_unavailable(exc) from exc
-    if row is None:
-        raise APIError(404, "job_not_found", f"No job with id {job_id!r}.")
+        raise backends.database_unavailable(exc) from exc
+    if row is None or row["client_key"] != owner.key:
+        raise job_not_found(job_id)
     return job_view(row)
 
 
@@ -214,28 +230,42 @@ class FeedbackOut(BaseModel):
     status_code=201,
     response_model=FeedbackOut,
     responses={
-        404: {"description": "unknown job"},
+        401: UNAUTHORIZED,
+        404: {"description": "no such job of yours"},
         409: {"description": "job not done"},
         422: {"description": "track not in this job's playlist"},
+        429: LIMITED,
+        503: BUSY,
     },
 )
-def post_feedback(job_id: str, feedback: FeedbackIn):
-    """A like or dislike of a recommended track; dislikes are never recommended again to the
-    same client in the same mode."""
+def post_feedback(
+    request: Request,
+    job_id: str,
+    feedback: FeedbackIn,
+    owner: Annotated[Owner | None, Depends(current_owner)],
+    _key: ApiKey,
+):
+    """A like or dislike of a recommended track of one of your jobs; dislikes are never
+    recommended again to the same client in the same mode."""
+    client = owner.limit_key if owner else "ip:" + client_ip(request)
+    guards.check_rate("feedback", get_settings().rate_limit_feedback, client)
+    if owner is None or not _valid_id(job_id):
+        raise job_not_found(job_id)
+    backends.use_gateway_pool()
     try:
-        uuid.UUID(job_id)
         row = jobs.get(job_id)
-    except ValueError:
-        row = None
     except psycopg.OperationalError as exc:
-        raise _database_unavailable(exc) from exc
-    if row is None:
-        raise APIError(404, "job_not_found", f"No job with id {job_id!r}.")
+        raise backends.database_unavailable(exc) from exc
+    if row is None or row["client_key"] != owner.key:
+        raise job_not_found(job_id)
     if row["status"] != jobs.DONE:
         raise APIError(409, "job_not_done", f"The job is {row['status']}; rate tracks once it is done.")
     if feedback.track_id not in {t["track_id"] for t in row["recommendation"]["tracks"]}:
         raise APIError(422, "unknown_track", "That track is not in this job's playlist.")
-    jobs.record_feedback(row, feedback.track_id, feedback.liked)
+    try:
+        jobs.record_feedback(row, feedback.track_id, feedback.liked)
+    except psycopg.OperationalError as exc:
+        raise backends.database_unavailable(exc) from exc
     return FeedbackOut(job_id=job_id, track_id=feedback.track_id, liked=feedback.liked, mode=row["mode"])
 
 

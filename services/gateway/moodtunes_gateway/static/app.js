@@ -55,11 +55,14 @@ const ERRORS = {
   invalid_filters: { title: "Some filter values don't work together", help: "Check the filters: the “from” year must not be after the “up to” year." },
   invalid_filter: { title: "A filter value isn't accepted", help: (i) => `${i.message ? `${i.message} ` : ""}Open “Filters and playlist length”, fix or clear it, and try again.` },
   invalid_diversity: { title: "The variety setting isn't accepted", help: "Move the variety slider back into range and try again." },
-  invalid_client_key: { title: "This browser's listener id was refused", help: "Clear this site's data (or use a private window) and try again.", retry: true },
   invalid_request: { title: "Some settings aren't valid", help: "Check the filters and the number of songs, then try again.", retry: true },
   queue_unavailable: { title: "The service is busy right now", help: "Nothing is wrong with your photo. Wait a few seconds and try again.", retry: true },
+  queue_full: { title: "The service is busy right now", help: "Many photos are waiting to be read. Nothing is wrong with yours: try again in a little while.", retry: true },
+  rate_limited: { title: "That was a lot of photos in a short time", help: "Wait a minute, then try again.", retry: true },
+  too_many_jobs: { title: "You already have several photos in progress", help: "Wait for them to finish, then try again.", retry: true },
   database_unavailable: { title: "The service is busy right now", help: "Nothing is wrong with your photo. Wait a few seconds and try again.", retry: true },
   model_unavailable: { title: "The emotion reader is not available right now", help: "Nothing is wrong with your photo. Please try again in a minute.", retry: true },
+  too_many_attempts: { title: "We couldn't process that photo", help: "It was tried several times without finishing. Try another photo, or the same one again later.", retry: true },
   timeout: { title: "That took too long", help: "The service may be overloaded. Try again; if it keeps happening, come back later.", retry: true },
   job_not_found: { title: "We lost track of that request", help: "Please send the photo again.", retry: true },
   image_missing: { title: "Your photo was lost on the server", help: "Please send it again.", retry: true },
@@ -98,19 +101,6 @@ const pct = (p, digits = 1) => `${(p * 100).toFixed(digits)}%`;
 const fmtBytes = (n) => (n < 1024 * 1024 ? `${Math.max(1, Math.round(n / 1024))} KB` : `${(n / 1048576).toFixed(1)} MB`);
 const emotionLabel = (e) => EMOTION_LABEL[e] || (e ? e[0].toUpperCase() + e.slice(1) : "Unknown");
 const modeTitle = (m) => MODE_COPY[m]?.title || m;
-
-function clientKey() {
-  // An anonymous id that lets the server remember this browser's dislikes; no personal data.
-  const KEY = "moodtunes.client_key";
-  let key = null;
-  try { key = localStorage.getItem(KEY); } catch { /* storage disabled */ }
-  if (!key) {
-    key = crypto.randomUUID ? crypto.randomUUID()
-      : Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
-    try { localStorage.setItem(KEY, key); } catch { /* fine: one key per page load */ }
-  }
-  return key;
-}
 
 // ───────────────────────── modes and filters ─────────────────────────
 
@@ -425,7 +415,7 @@ async function submit() {
   body.append("mode", form.mode);
   body.append("limit", String(form.limit));
   for (const [k, v] of Object.entries(form.filters)) body.append(k, v);
-  body.append("client_key", clientKey());
+  // Who we are is the server's business: its session cookie (HttpOnly) comes back with each request.
   state.request = form;
   show("progress");
   setStage("uploading");
@@ -458,7 +448,7 @@ function apiError(res, data) {
   const err = data?.error || {};
   let code = err.code;
   if (!code) code = res.status === 413 ? "file_too_large" : res.status === 503 ? "queue_unavailable"
-    : res.status >= 500 ? "internal_error" : "invalid_request";
+    : res.status === 429 ? "rate_limited" : res.status >= 500 ? "internal_error" : "invalid_request";
   if (code === "not_found" && res.status === 404) code = "job_not_found";
   return { code, message: err.message, details: err.details, status: res.status };
 }
@@ -732,6 +722,7 @@ async function sendFeedback(jobId, track, liked, ui) {
   else if (code === "job_not_done") text = "This playlist isn't finished yet; try again in a moment.";
   else if (code === "unknown_track") text = "This song isn't part of the playlist any more; feedback wasn't saved.";
   else if (res.status === 503) text = "The service is busy; your feedback wasn't saved. Try again in a moment.";
+  else if (res.status === 429) text = "That was a lot of ratings in a short time; wait a minute and try again.";
   else text = `Couldn't save your feedback${data?.error?.message ? ` (${data.error.message})` : ""}. Try again.`;
   ui.status.textContent = text;
 }

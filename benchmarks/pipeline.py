@@ -1,0 +1,337 @@
+"""What the pipeline adds to the work: the same job done in one process (the floor), the bare model
+server, and the whole event-driven pipeline (HTTP -> queue -> FER worker -> event -> recommender).
+
+    .venv/bin/python benchmarks/pipeline.py                      # starts its own stack (temp dir)
+    .venv/bin/python benchmarks/pipeline.py --url http://127.0.0.1:8000 --model-server 127.0.0.1:8500
+
+(a) floor: decode, detect, crop, model-server call (gRPC), head, playlist query, in a loop in this
+    process with no queue, no job store and no HTTP: single-threaded (per-stage medians) and with
+    THREADS threads (throughput);
+(b) the bare model server: gRPC Predict of one face;
+(c) the pipeline: POST the photo, poll until done, closed loop at each concurrency; throughput,
+    client p50/p95/p99, errors; per-stage times from the job's own timestamps.
+Writes reports/bench_pipeline.json and .png; the last printed line is one JSON object with
+`throughput_ratio` (pipeline / floor throughput at the highest concurrency) and `overhead_ms`
+(median single job time minus the single-threaded floor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path("reports/bench_pipeline.json")
+CONCURRENCY = (1, 4, 16)
+FLOOR_JOBS = 60  # single-threaded floor iterations (after WARMUP)
+WARMUP = 5
+THREADS = (1, 2, 4)
+MODEL_CALLS = 200
+JOBS_PER_LEVEL = 60  # pipeline jobs per concurrency level (at least 4 per client)
+POLL_S = 0.005  # per concurrent client: 5 ms alone, 80 ms each at 16, so polling itself does not
+# eat the two cores the pipeline runs on (job latency also comes from the job's own timestamps)
+MODE, LIMIT = "match", 10
+# a load test is not abuse: lift the per-client limits and the queue bound for the benchmark's stack
+LOAD_TEST_ENV = {"RATE_LIMIT_JOBS": "100000/minute", "MAX_QUEUED_JOBS_PER_CLIENT": "1000"}
+
+
+def astronaut_jpeg() -> bytes:
+    """The public-domain astronaut portrait (scikit-image), 512x512 JPEG: one face."""
+    import skimage.data
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(skimage.data.astronaut()).save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def pct(values, q) -> float:
+    return round(float(np.percentile(values, q)), 2) if values else float("nan")
+
+
+# --- (a) the floor ------------------------------------------------------------------------------
+
+
+class Floor:
+    """One job's work as plain function calls: what the worker processes do, minus the plumbing."""
+
+    def __init__(self, model_server: str, database_url: str):
+        from moodtunes.config import get_settings
+        from moodtunes_fer.inference import FerPipeline, GrpcBackend
+
+        s = get_settings()
+        self.settings = s
+        self.database_url = database_url
+        self.local = threading.local()
+        self.make_pipeline = lambda: FerPipeline(
+            GrpcBackend(model_server, s.model_name), models_dir=s.models_dir, model_name=s.model_name
+        )
+
+    def _thread_state(self):
+        if not hasattr(self.local, "pipeline"):
+            import psycopg
+            from pgvector.psycopg import register_vector
+            from psycopg.rows import dict_row
+
+            self.local.pipeline = self.make_pipeline()
+            self.local.conn = psycopg.connect(self.database_url, row_factory=dict_row, autocommit=False)
+            register_vector(self.local.conn)
+        return self.local.pipeline, self.local.conn
+
+    def run(self, photo: bytes) -> dict[str, float]:
+        """One job; returns milliseconds per stage."""
+        from moodtunes_fer.detection import crop, decode_grey, detect_faces
+        from moodtunes_fer.preprocessing import to_model_input
+        from moodtunes_recommender import mapping, matching
+
+        pipeline, conn = self._thread_state()
+        s, t = self.settings, {}
+        t0 = time.perf_counter()
+        grey = decode_grey(photo, s.max_image_pixels)
+        t1 = time.perf_counter()
+        boxes = detect_faces(grey, s.min_face_px)
+        if not boxes:
+            raise RuntimeError("the benchmark photo must show a face")
+        t2 = time.perf_counter()
+        x = to_model_input([crop(grey, b, s.face_margin, s.face_shift) for b in boxes])
+        t3 = time.perf_counter()
+        features, _, version = pipeline.backend.features_and_probabilities(x)
+        t4 = time.perf_counter()
+        probs = pipeline._head_for(version).predict_proba(features)[0]
+        t5 = time.perf_counter()
+        targets = mapping.targets(list(probs), MODE, LIMIT)
+        tracks = matching.build_playlist(conn, targets, None, [], None, mapping.min_valence(MODE, LIMIT))
+        conn.rollback()
+        t6 = time.perf_counter()
+        assert len(tracks) == LIMIT
+        for name, a, b in (
+            ("decode", t0, t1),
+            ("detect", t1, t2),
+            ("crop", t2, t3),
+            ("model_server", t3, t4),
+            ("head", t4, t5),
+            ("playlist", t5, t6),
+        ):
+            t[name] = (b - a) * 1e3
+        t["total"] = (t6 - t0) * 1e3
+        return t
+
+
+def measure_floor(floor: Floor, photo: bytes) -> dict:
+    for _ in range(WARMUP):
+        floor.run(photo)
+    runs = [floor.run(photo) for _ in range(FLOOR_JOBS)]
+    single = {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
+    threaded = {}
+    for n in THREADS:
+        jobs = FLOOR_JOBS * n
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(lambda _: floor.run(photo), range(n * WARMUP)))
+            t0 = time.perf_counter()
+            list(pool.map(lambda _: floor.run(photo), range(jobs)))
+            dt = time.perf_counter() - t0
+        threaded[str(n)] = round(jobs / dt, 2)
+    best = max(threaded, key=threaded.get)
+    return {
+        "single_thread_ms": single,
+        "single_thread_jobs_per_s": round(1e3 / single["total"], 2),
+        "jobs_per_s_by_threads": threaded,
+        "best_threads": int(best),
+        "best_jobs_per_s": threaded[best],
+    }
+
+
+# --- (b) the bare model server --------------------------------------------------------------------
+
+
+def measure_model_server(model_server: str) -> dict:
+    from moodtunes_fer.inference import GrpcBackend
+
+    backend = GrpcBackend(model_server)
+    face = np.random.default_rng(0).uniform(0, 255, (1, 48, 48, 1)).astype(np.float32)
+    for _ in range(10):
+        backend.features_and_probabilities(face)
+    times = []
+    for _ in range(MODEL_CALLS):
+        t0 = time.perf_counter()
+        backend.features_and_probabilities(face)
+        times.append((time.perf_counter() - t0) * 1e3)
+    backend.close()
+    return {
+        "calls": MODEL_CALLS,
+        "p50_ms": pct(times, 50),
+        "p95_ms": pct(times, 95),
+        "p99_ms": pct(times, 99),
+    }
+
+
+# --- (c) the pipeline -----------------------------------------------------------------------------
+
+
+def _ts(value: str | None) -> float | None:
+    return datetime.fromisoformat(value).timestamp() if value else None
+
+
+def one_job(client, url: str, photo: bytes, poll_s: float = POLL_S) -> dict:
+    """POST, poll to a final status; client time and the job's own stage timestamps."""
+    t0 = time.perf_counter()
+    r = client.post(f"{url}/v1/jobs", files={"image": ("face.jpg", photo, "image/jpeg")}, data={"mode": MODE})
+    if r.status_code != 202:
+        return {"ok": False, "error": f"POST {r.status_code} {r.text[:120]}"}
+    status_url = url + r.json()["status_url"]
+    while True:
+        job = client.get(status_url).json()
+        if job["status"] in ("done", "failed"):
+            break
+        time.sleep(poll_s)
+    elapsed = (time.perf_counter() - t0) * 1e3
+    if job["status"] != "done":
+        return {"ok": False, "error": (job.get("error") or {}).get("code", "failed"), "ms": elapsed}
+    created, started, finished = (_ts(job[k]) for k in ("created_at", "started_at", "finished_at"))
+    stages = {
+        "queued_ms": (started - created) * 1e3,
+        "fer_and_recommend_ms": (finished - started) * 1e3,
+        "server_total_ms": (finished - created) * 1e3,
+    }
+    for key, value in (job.get("timings_ms") or {}).items():  # per-stage times, where the stack reports them
+        stages[key] = value
+    return {"ok": True, "ms": elapsed, "stages": stages}
+
+
+def measure_pipeline(url: str, photo: bytes, levels) -> list[dict]:
+    import httpx
+
+    results = []
+    for c in levels:
+        clients = [httpx.Client(timeout=30) for _ in range(c)]  # one listener (cookie) per client
+        n = max(JOBS_PER_LEVEL, 4 * c)
+        for cl in clients:  # warm each client's connection and identity
+            one_job(cl, url, photo)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(c) as pool:
+            jobs = list(
+                pool.map(
+                    lambda i, cs=clients: one_job(cs[i % len(cs)], url, photo, POLL_S * len(cs)), range(n)
+                )
+            )
+        dt = time.perf_counter() - t0
+        for cl in clients:
+            cl.close()
+        ok = [j for j in jobs if j["ok"]]
+        ms = [j["ms"] for j in ok]
+        stage_keys = sorted({k for j in ok for k in j["stages"]})
+        results.append(
+            {
+                "concurrency": c,
+                "jobs": n,
+                "done": len(ok),
+                "errors": sorted({j["error"] for j in jobs if not j["ok"]}),
+                "error_count": n - len(ok),
+                "jobs_per_s": round(len(ok) / dt, 2),
+                "p50_ms": pct(ms, 50),
+                "p95_ms": pct(ms, 95),
+                "p99_ms": pct(ms, 99),
+                "stage_p50_ms": {
+                    k: pct([j["stages"][k] for j in ok if k in j["stages"]], 50) for k in stage_keys
+                },
+            }
+        )
+        r = results[-1]
+        print(
+            f"  concurrency {c:>2}: {r['jobs_per_s']:6.2f} jobs/s  p50 {r['p50_ms']:7.1f} ms"
+            f"  p95 {r['p95_ms']:7.1f}  p99 {r['p99_ms']:7.1f}  errors {n - len(ok)}",
+            flush=True,
+        )
+    return results
+
+
+def chart(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = [r["concurrency"] for r in report["pipeline"]]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.plot(levels, [r["jobs_per_s"] for r in report["pipeline"]], "o-", label="pipeline")
+    a1.axhline(report["floor"]["best_jobs_per_s"], color="grey", ls="--", label="floor (best threads)")
+    a1.set_xscale("log", base=2)
+    a1.set_xlabel("concurrent clients")
+    a1.set_ylabel("jobs/s")
+    a1.legend()
+    a1.set_title("throughput")
+    stages = report["floor"]["single_thread_ms"]
+    names = [k for k in stages if k != "total"]
+    a2.barh(names, [stages[k] for k in names])
+    a2.set_xlabel("ms (median, one thread)")
+    a2.set_title(f"floor per stage (total {stages['total']:.0f} ms)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--url", help="a running gateway (default: start a stack in a temp dir)")
+    p.add_argument("--model-server", help="HOST:PORT of that stack's model server")
+    p.add_argument("--database-url", help="that stack's database (read-only queries)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    p.add_argument("--fer-workers", type=int, default=1, help="FER worker processes of the started stack")
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args()
+    photo = astronaut_jpeg()
+    with contextlib.ExitStack() as cleanup:
+        if args.url:
+            url, model_server, database_url = args.url, args.model_server, args.database_url
+            if not (model_server and database_url):
+                p.error("--url needs --model-server and --database-url")
+        else:
+            from _stack import temp_stack
+
+            print("starting a stack in a temporary directory ...", flush=True)
+            stack = cleanup.enter_context(temp_stack(fer_workers=args.fer_workers, env=LOAD_TEST_ENV))
+            url, model_server, database_url = stack.url, stack.model_server, stack.database_url
+        report = run_all(url, model_server, database_url, photo, args.concurrency)
+        report["fer_workers"] = args.fer_workers if not args.url else None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    chart(report, args.out.with_suffix(".png"))
+    print(json.dumps({k: report[k] for k in ("throughput_ratio", "overhead_ms")} | {"out": str(args.out)}))
+
+
+def run_all(url: str, model_server: str, database_url: str, photo: bytes, levels) -> dict:
+    print(f"floor ({FLOOR_JOBS} jobs, astronaut 512x512) ...", flush=True)
+    floor = measure_floor(Floor(model_server, database_url), photo)
+    print(f"  single thread: {floor['single_thread_ms']}")
+    print(f"  jobs/s by threads: {floor['jobs_per_s_by_threads']}")
+    print("bare model server (one face) ...", flush=True)
+    bare = measure_model_server(model_server)
+    print(f"  p50 {bare['p50_ms']} ms  p99 {bare['p99_ms']} ms")
+    print("pipeline ...", flush=True)
+    pipe = measure_pipeline(url, photo, levels)
+    single = next(r for r in pipe if r["concurrency"] == min(levels))
+    top = next(r for r in pipe if r["concurrency"] == max(levels))
+    return {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "photo": "skimage astronaut 512x512 JPEG q92",
+        "floor": floor,
+        "model_server": bare,
+        "pipeline": pipe,
+        "throughput_ratio": round(top["jobs_per_s"] / floor["best_jobs_per_s"], 3),
+        "overhead_ms": round(single["p50_ms"] - floor["single_thread_ms"]["total"], 1),
+    }
+
+
+if __name__ == "__main__":
+    main()
