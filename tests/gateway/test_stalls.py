@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -179,3 +180,46 @@ def test_blocking_work_does_not_stall_other_requests(client, face_jpeg, monkeypa
             release.set()
             upload.join(60)
     assert result["r"].status_code == 202
+
+
+def test_photo_decodes_are_capped_so_the_event_loop_keeps_a_core(
+    client, face_jpeg, monkeypatch, settings_env
+):
+    """GATEWAY_DECODE_CONCURRENCY (default: cores - 1) caps how many uploads are decoded at once;
+    the others wait for a slot, and every upload is still accepted."""
+    from moodtunes_gateway.routes import jobs as routes
+
+    settings_env(GATEWAY_DECODE_CONCURRENCY=1)
+    routes.decode_slots.cache_clear()
+    monkeypatch.setattr(routes.os, "cpu_count", lambda: 8)
+    real_check, lock = routes.check_image, threading.Lock()
+    state = {"now": 0, "most": 0}
+
+    def counting_check(*args, **kwargs):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.2)  # a slow decode: the other uploads arrive meanwhile
+        with lock:
+            state["now"] -= 1
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(routes, "check_image", counting_check)
+    try:
+        with serve(client.app, free_port()) as url:
+
+            def upload(_):
+                return httpx.post(
+                    f"{url}/v1/jobs", files={"image": ("a.jpg", face_jpeg)}, timeout=60
+                ).status_code
+
+            with ThreadPoolExecutor(4) as pool:
+                codes = list(pool.map(upload, range(4)))
+        assert codes == [202] * 4
+        assert state["most"] == 1  # without the cap, all four decode at once
+        settings_env(GATEWAY_DECODE_CONCURRENCY=0)
+        routes.decode_slots.cache_clear()
+        slots = routes.decode_slots()  # the default on an 8-core machine: 7 at once
+        assert all(slots.acquire(blocking=False) for _ in range(7)) and not slots.acquire(blocking=False)
+    finally:
+        routes.decode_slots.cache_clear()

@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     fer_queue_max_depth: int = 500  # 503 queue_full while more FER tasks wait; 0 turns it off
     queue_depth_cache_s: float = 1.0  # how long the gateway reuses a queue depth it read
     gateway_db_timeout_s: float = 0.5  # a request's wait for a database connection, then 503
+    gateway_decode_concurrency: int = 0  # photos decoded at once per gateway process; 0: cores - 1
     gateway_redis_timeout_s: float = 0.5  # a request's Redis connect/read timeout, then 503
     cors_allow_origins: str = ""  # comma-separated origins allowed to call the API from a browser
 

@@ -11,7 +11,10 @@ job does not exist.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import threading
 import uuid
 from enum import Enum
 from typing import Annotated
@@ -50,6 +53,15 @@ UNAUTHORIZED = {"description": "invalid_api_key or api_key_revoked"}
 
 def job_not_found(job_id: str) -> APIError:
     return APIError(404, "job_not_found", f"No job with id {job_id!r}.")
+
+
+@functools.cache
+def decode_slots() -> threading.BoundedSemaphore:
+    """Full decodes of uploaded photos are CPU work (about 0.1 s for an 8 MB JPEG): at most
+    GATEWAY_DECODE_CONCURRENCY at a time (default: one less than the cores), so a burst of large
+    uploads always leaves the event loop (health checks, polls, small requests) a core to run on."""
+    wanted = get_settings().gateway_decode_concurrency or (os.cpu_count() or 2) - 1
+    return threading.BoundedSemaphore(max(1, wanted))
 
 
 @router.post(
@@ -94,7 +106,8 @@ def create_job(
     request.app.state.queue_depth.check()
     try:
         data = image.file.read(s.max_upload_bytes + 1)  # the file is on disk already, within the limit
-        checked = check_image(data, s.max_upload_bytes, s.max_image_pixels)
+        with decode_slots():
+            checked = check_image(data, s.max_upload_bytes, s.max_image_pixels)
     except APIError as exc:
         JOBS_REJECTED.labels(exc.code).inc()
         raise
