@@ -70,3 +70,33 @@ def test_schema_says_the_api_key_is_optional(client):
     post_jobs = paths["/v1/jobs"]["post"]["security"]
     assert {"HTTPBearer": []} in post_jobs and {} in post_jobs
     assert {} in paths["/v1/jobs/{job_id}"]["get"]["security"]
+
+
+def _sample(text: str, name: str, **labels) -> float | None:
+    """The value of one sample in a Prometheus text exposition (None when absent), labels in any order."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None
+
+
+def test_metrics_show_requests_by_route_queue_depth_and_jobs_by_status(client, face_jpeg):
+    from moodtunes import jobs
+
+    assert client.get("/v1/modes").status_code == 200
+    assert client.get("/v1/jobs/00000000-0000-0000-0000-000000000000").status_code == 404
+    queued = client.post("/v1/jobs", files={"image": ("a.jpg", face_jpeg)})  # no worker: stays queued
+    assert queued.status_code == 202
+    failed = client.post("/v1/jobs", files={"image": ("b.jpg", face_jpeg)}).json()["id"]
+    assert jobs.fail(failed, "no_face", "test")
+    text = client.get("/metrics").text
+    assert _sample(text, "http_requests_total", handler="/v1/modes", method="GET", status="2xx") == 1
+    assert _sample(text, "http_requests_total", handler="/v1/jobs/{job_id}", method="GET", status="4xx") == 1
+    assert _sample(text, "http_request_duration_seconds_count", handler="/v1/jobs", method="POST") == 2
+    assert _sample(text, "moodtunes_queue_depth", queue="fer") == 2  # both messages wait in Redis
+    assert _sample(text, "moodtunes_jobs_unfinished", status="queued") == 1
+    assert _sample(text, "moodtunes_jobs_finished_last_hour", status="failed", code="no_face") == 1
+    assert _sample(text, "moodtunes_jobs_created_total", mode="match") is not None  # the gateway's own

@@ -283,3 +283,21 @@ def record_feedback(job: dict, track_id: str, liked: bool) -> None:
                DO UPDATE SET liked = EXCLUDED.liked, job_id = EXCLUDED.job_id, updated_at = now()""",
             (job["client_key"], job["mode"], track_id, liked, job["id"]),
         )
+
+
+def status_counts(window_s: float = 3600.0) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    """Unfinished jobs by status, and jobs finished in the last `window_s` by (status, error code),
+    in one statement; both read partial indexes (jobs_unfinished, jobs_finished), for metrics."""
+    with connection() as conn:
+        rows = conn.execute(
+            """SELECT 'unfinished' AS kind, status, '' AS code, count(*) AS n FROM jobs
+               WHERE status NOT IN ('done', 'failed') GROUP BY status
+               UNION ALL
+               SELECT 'finished', status, coalesce(error_code, ''), count(*) FROM jobs
+               WHERE status IN ('done', 'failed') AND finished_at > now() - make_interval(secs => %s)
+               GROUP BY status, error_code""",
+            (window_s,),
+        ).fetchall()
+    unfinished = {r["status"]: r["n"] for r in rows if r["kind"] == "unfinished"}
+    finished = {(r["status"], r["code"]): r["n"] for r in rows if r["kind"] == "finished"}
+    return unfinished, finished

@@ -12,12 +12,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 from starlette.types import ASGIApp
 
 from moodtunes.config import get_settings
-from moodtunes_gateway import errors
+from moodtunes_gateway import errors, observability
 from moodtunes_gateway.guards import QueueDepth
 from moodtunes_gateway.identity import Sessions
 from moodtunes_gateway.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
@@ -106,6 +105,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     document_optional_api_key(app)
+    observability.instrument(app)
 
     @app.get("/metrics", include_in_schema=False)
     @app.get("/metrics/", include_in_schema=False)  # the address it had before; scrapers may keep it
@@ -113,7 +113,7 @@ def create_app() -> FastAPI:
         """Prometheus exposition at /metrics itself, with no redirect to follow, in the format the
         scraper's Accept header asks for (as prometheus_client's own ASGI app would answer)."""
         encode, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encode(REGISTRY), media_type=content_type)
+        return Response(encode(request.app.state.metrics_registry), media_type=content_type)
 
     if (STATIC / "index.html").exists():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="web")
