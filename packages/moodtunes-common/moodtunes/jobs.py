@@ -290,14 +290,23 @@ def status_counts(window_s: float = 3600.0) -> tuple[dict[str, int], dict[tuple[
     in one statement; both read partial indexes (jobs_unfinished, jobs_finished), for metrics."""
     with connection() as conn:
         rows = conn.execute(
-            """SELECT 'unfinished' AS kind, status, '' AS code, count(*) AS n FROM jobs
-               WHERE status NOT IN ('done', 'failed') GROUP BY status
-               UNION ALL
-               SELECT 'finished', status, coalesce(error_code, ''), count(*) FROM jobs
-               WHERE status IN ('done', 'failed') AND finished_at > now() - make_interval(secs => %s)
-               GROUP BY status, error_code""",
+            f"""SELECT 'unfinished' AS kind, status, '' AS code, count(*) AS n FROM jobs
+                WHERE status NOT IN {FINAL_SQL} GROUP BY status
+                UNION ALL
+                SELECT 'finished', status, coalesce(error_code, ''), count(*) FROM jobs
+                WHERE status IN {FINAL_SQL} AND finished_at > now() - make_interval(secs => %s)
+                GROUP BY status, error_code""",
             (window_s,),
         ).fetchall()
     unfinished = {r["status"]: r["n"] for r in rows if r["kind"] == "unfinished"}
     finished = {(r["status"], r["code"]): r["n"] for r in rows if r["kind"] == "finished"}
     return unfinished, finished
+
+
+def count_unfinished(client_key: str) -> int:
+    """How many of one client's jobs are not finished (the partial index jobs_unfinished_by_client)."""
+    with connection() as conn:
+        return conn.execute(
+            f"SELECT count(*) AS n FROM jobs WHERE client_key = %s AND status NOT IN {FINAL_SQL}",
+            (client_key,),
+        ).fetchone()["n"]

@@ -22,8 +22,8 @@ from limits import RateLimitItem, parse
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
+from moodtunes import jobs
 from moodtunes.config import get_settings
-from moodtunes.db import connection
 from moodtunes_gateway import backends
 from moodtunes_gateway.errors import APIError
 
@@ -80,12 +80,7 @@ def check_unfinished(owner: str) -> None:
         return
     backends.use_gateway_pool()
     try:
-        with connection() as conn:
-            n = conn.execute(
-                # the predicate of the partial index jobs_unfinished_by_client (migration 0003)
-                "SELECT count(*) AS n FROM jobs WHERE client_key = %s AND status NOT IN ('done', 'failed')",
-                (owner,),
-            ).fetchone()["n"]
+        n = jobs.count_unfinished(owner)
     except psycopg.OperationalError as exc:
         raise backends.database_unavailable(exc) from exc
     if n >= cap:

@@ -17,9 +17,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from moodtunes.config import get_settings
+from moodtunes_gateway import backends
 
 log = logging.getLogger("moodtunes.gateway")
-SCRAPE_TIMEOUT_S = 0.5
 
 
 class PipelineCollector(Collector):
@@ -38,9 +38,7 @@ class PipelineCollector(Collector):
             "moodtunes_queue_depth", "Messages waiting in each work queue (Redis list)", labels=["queue"]
         )
         try:
-            client = redis.Redis.from_url(
-                s.redis_url, socket_timeout=SCRAPE_TIMEOUT_S, socket_connect_timeout=SCRAPE_TIMEOUT_S
-            )
+            client = backends.redis_client()  # the gateway's short timeouts, one pooled client
             for queue in (s.fer_queue, s.recommend_queue):
                 depth.add_metric([queue], client.llen(queue))
         except redis.RedisError as exc:
@@ -54,6 +52,7 @@ class PipelineCollector(Collector):
         from moodtunes import jobs
 
         try:
+            backends.use_gateway_pool()  # a scrape waits no longer for the database than a request
             unfinished, finished = jobs.status_counts()
         except psycopg.Error as exc:
             log.warning("metrics: job counts unavailable: %s", exc)
