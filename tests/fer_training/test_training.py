@@ -1,6 +1,8 @@
 import csv
 import json
 
+import numpy as np
+
 from moodtunes_fer_training import train as fer_train
 
 
@@ -108,3 +110,16 @@ def test_mixup_blends_images_labels_and_weights_with_one_weight_per_pair():
                 explained |= abs(w[i] - (lam * weights[i] + (1 - lam) * weights[j]).numpy()) < 1e-4
         assert explained, i
     assert blended > n // 2  # alpha 0.4 blends almost every image visibly
+
+
+def test_extra_data_joins_the_training_split_only(tmp_path, tiny_npz, make_fer_images):
+    x_extra, y_extra = make_fer_images(6, 9)
+    x_extra[0] = 128  # a blank frame: cleaned away like in the main split
+    extra = tmp_path / "supplement.npz"
+    np.savez(extra, x_train=x_extra, y_train=y_extra)
+    state = fer_train.train(
+        tiny_npz, tmp_path / "run", epochs=1, batch_size=16, limit=32, verbose=0, jit_compile=False, extra_data=extra
+    )
+    assert state["extra_data"]["images_in"] == 30 and state["extra_data"]["dropped_blank"] == 1
+    assert state["train_images"] == 32 + 29
+    assert state["val_images"] == 32

@@ -67,6 +67,10 @@ def train(
         typer.Option(help="start from these weights: a .keras checkpoint or an exported version folder"),
     ] = None,
     mixup: Annotated[float, typer.Option(help="mixup Beta(alpha, alpha); 0 = off")] = 0.0,
+    extra_data: Annotated[
+        Path | None,
+        typer.Option(help="supplement npz (x_train/y_train) added to the training split, e.g. AffectNet"),
+    ] = None,
 ):
     """Train (or resume) the VGG16-layout CNN; writes best.keras, last.keras, history, state."""
     _quiet_tf()
@@ -82,6 +86,7 @@ def train(
         peak_lr=peak_lr,
         init_from=init_from,
         mixup_alpha=mixup,
+        extra_data=extra_data,
     )
     typer.echo(json.dumps(state, indent=2))
 

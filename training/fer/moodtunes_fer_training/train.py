@@ -191,11 +191,14 @@ def train(
     jit_compile: bool | str = "auto",
     init_from: str | os.PathLike | None = None,
     mixup_alpha: float = MIXUP_ALPHA,
+    extra_data: str | os.PathLike | None = None,
 ) -> dict:
     """Trains (or resumes) a run in `out_dir`; returns its state (epochs done, time, best val).
 
     `init_from` starts from earlier weights (a .keras checkpoint or an exported version folder):
     a second cosine cycle continues a finished run (SGDR-style warm restart).
+    `extra_data` is a supplement npz (e.g. the AffectNet faces) whose `x_train`/`y_train` are cleaned
+    the same way and added to the training split only; validation stays FER2013 PublicTest.
     """
     import keras
 
@@ -215,6 +218,15 @@ def train(
         for split in (train_split, val_split):
             pick = np.random.default_rng(seed).permutation(len(split.x))[:limit]
             split.x, split.y = split.x[pick], split.y[pick]
+    extra_report = None
+    if extra_data:
+        extra_split = fer_data.clean_training_split(fer_data.load_split(extra_data, "train"))
+        extra_report = {"path": str(extra_data), **extra_split.report}
+        train_split = fer_data.Split(
+            np.concatenate([train_split.x, extra_split.x]),
+            np.concatenate([train_split.y, extra_split.y]),
+            train_split.report,
+        )
     n_classes = len(CLASS_NAMES)
     weights = class_weights(train_split.y, n_classes)
     train_ds = make_dataset(train_split.x, train_split.y, batch_size, n_classes, True, weights, mixup_alpha)
@@ -254,6 +266,7 @@ def train(
         {
             "data": str(path),
             "data_report": train_split.report,
+            "extra_data": extra_report,
             "seed": seed,
             "epochs_planned": epochs,
             "batch_size": batch_size,
