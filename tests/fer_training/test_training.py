@@ -118,7 +118,14 @@ def test_extra_data_joins_the_training_split_only(tmp_path, tiny_npz, make_fer_i
     extra = tmp_path / "supplement.npz"
     np.savez(extra, x_train=x_extra, y_train=y_extra)
     state = fer_train.train(
-        tiny_npz, tmp_path / "run", epochs=1, batch_size=16, limit=32, verbose=0, jit_compile=False, extra_data=extra
+        tiny_npz,
+        tmp_path / "run",
+        epochs=1,
+        batch_size=16,
+        limit=32,
+        verbose=0,
+        jit_compile=False,
+        extra_data=extra,
     )
     assert state["extra_data"]["images_in"] == 30 and state["extra_data"]["dropped_blank"] == 1
     assert state["train_images"] == 32 + 29
