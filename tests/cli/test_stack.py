@@ -24,6 +24,16 @@ PORT_SETTINGS = [
     "MOODTUNES_POSTGRES_PORT",
     "MOODTUNES_REDIS_PORT",
 ]
+# Every other port `up` binds: metrics endpoints, Flower, Prometheus (when installed). Set to free
+# ports in every run, so a stack on the default ports does not get in the way.
+OTHER_PORT_SETTINGS = [
+    "MOODTUNES_MODEL_SERVER_METRICS_PORT",
+    "MOODTUNES_RECONCILER_METRICS_PORT",
+    "MOODTUNES_RECOMMENDER_METRICS_PORT",
+    "MOODTUNES_FER_METRICS_PORT",
+    "MOODTUNES_FLOWER_PORT",
+    "MOODTUNES_PROMETHEUS_PORT",
+]
 
 
 def stack_up(var: Path, **env: str) -> subprocess.CompletedProcess:
@@ -32,9 +42,10 @@ def stack_up(var: Path, **env: str) -> subprocess.CompletedProcess:
         for k, v in os.environ.items()
         if not k.startswith("MOODTUNES_") and k not in ("DATABASE_URL", "DATABASE_OWNER_URL", "REDIS_URL")
     }
+    others = {name: str(free_port()) for name in OTHER_PORT_SETTINGS}
     return subprocess.run(
         [sys.executable, "-m", "moodtunes_cli.cli", "stack", "up"],
-        env={**base, "MOODTUNES_VAR": str(var), **env},
+        env={**base, "MOODTUNES_VAR": str(var), **others, **env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -50,9 +61,11 @@ def started_anything(var: Path) -> list[Path]:
     return [p for p in var.rglob("*") if p.is_file()] if var.exists() else []
 
 
-@pytest.mark.parametrize("held_setting", PORT_SETTINGS)
+@pytest.mark.parametrize(
+    "held_setting", [*PORT_SETTINGS, "MOODTUNES_FER_METRICS_PORT", "MOODTUNES_FLOWER_PORT"]
+)
 def test_a_taken_port_is_named_and_nothing_starts(tmp_path, held_setting):
-    ports = {name: free_port() for name in PORT_SETTINGS}
+    ports = {name: free_port() for name in [*PORT_SETTINGS, *OTHER_PORT_SETTINGS]}
     var = tmp_path / "var"
     with socket.socket() as holder:  # someone else's server on that port
         holder.bind(("127.0.0.1", ports[held_setting]))
@@ -128,6 +141,7 @@ def _up_failing(var: Path, database: str, postgres, fake: list[Process], monkeyp
     """`up` with the suite's PostgreSQL by URL (two roles), an embedded Redis and FAKE as the services;
     returns its StackError's message."""
     monkeypatch.setattr(localstack, "service_processes", lambda *a, **k: fake)
+    monkeypatch.setattr(localstack, "monitor_processes", lambda *a, **k: [])
     monkeypatch.delenv("REDIS_URL", raising=False)
     monkeypatch.setenv("DATABASE_URL", database)
     monkeypatch.setenv("DATABASE_OWNER_URL", postgres.owner_url)

@@ -240,3 +240,14 @@ def test_a_revoked_key_is_refused(photo, real_gateway):
     run = moodtunes("submit", str(photo), "--url", real_gateway, MOODTUNES_API_KEY=token)
     assert run.returncode == 1
     assert run.stderr.startswith("rejected (401): api_key_revoked:")
+
+
+@pytest.mark.integration
+def test_submit_drive_group_is_stored_with_the_job(photo, real_gateway):
+    from moodtunes.db import connection
+
+    run = moodtunes("submit", str(photo), "--drive", "group", "--url", real_gateway)
+    assert run.returncode == 0, run.stderr
+    with connection() as conn:
+        (row,) = conn.execute("SELECT drive FROM jobs").fetchall()
+    assert row["drive"] == "group"

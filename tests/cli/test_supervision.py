@@ -1,6 +1,7 @@
 """The supervised local stack (`make up`), for real: started once for this module in a temporary var
 dir on free ports with two FER workers, then every server and service has its main process killed
 with SIGKILL and must be back (a new process, running) within 5 s, as a Kubernetes pod would be.
+With it Flower, every process's metrics endpoint, and Prometheus scraping them when it is installed.
 
 The measured restart times are printed (pytest -s) and kept in RESTARTS."""
 
@@ -21,13 +22,22 @@ import psycopg
 import pytest
 
 from moodtunes.config import REPO_ROOT
-from moodtunes_cli.localstack import APP_ROLE, Postgres, free_port
+from moodtunes_cli.localstack import APP_ROLE, Postgres, free_port, prometheus_binary
 from moodtunes_cli.supervision import Supervisor
 
 pytestmark = pytest.mark.integration
 
 RESTART_LIMIT_S = 5.0
 PORT_SETTINGS = ("GATEWAY_PORT", "MODEL_SERVER_PORT", "POSTGRES_PORT", "REDIS_PORT")
+# Free ports for these too; each worker's is its first copy's, so FER_METRICS_PORT gets three in a row
+OTHER_PORTS = (
+    "MODEL_SERVER_METRICS_PORT",
+    "RECONCILER_METRICS_PORT",
+    "RECOMMENDER_METRICS_PORT",
+    "FLOWER_PORT",
+    "PROMETHEUS_PORT",
+)
+PROMETHEUS = prometheus_binary() is not None
 RESTARTS: dict[str, dict] = {}
 
 
@@ -72,7 +82,8 @@ def stack(servers_root, catalogue_sample):
     if not any(p.name.isdigit() for p in (REPO_ROOT / "models" / "fer_vgg16").glob("*")):
         pytest.fail("no exported model under models/fer_vgg16/: run `moodtunes fer export`")
     var = servers_root / "supervised" / "var"  # outside pytest's 0700 root: see servers_root
-    env = {f"MOODTUNES_{name}": str(free_port()) for name in PORT_SETTINGS}
+    env = {f"MOODTUNES_{name}": str(free_port()) for name in (*PORT_SETTINGS, *OTHER_PORTS)}
+    env["MOODTUNES_FER_METRICS_PORT"] = str(free_run(3))
     env.update(MOODTUNES_FER_WORKERS="2", CATALOGUE_PATH=str(catalogue_sample))
     t0 = time.monotonic()
     run = moodtunes(var, "stack", "up", **env)
@@ -80,12 +91,30 @@ def stack(servers_root, catalogue_sample):
     sup = Supervisor(var)
     try:
         assert run.returncode == 0, f"stack up failed:\n{run.stdout}\n{run.stderr}"
-        ports = {f"MOODTUNES_{name}": int(env[f"MOODTUNES_{name}"]) for name in PORT_SETTINGS}
+        ports = {name: int(value) for name, value in env.items() if name.endswith("_PORT")}
         yield {"var": var, "env": env, "up": run, "sup": sup, "ports": ports}
     finally:
         moodtunes(var, "stack", "down", timeout=300)
         if RESTARTS:
             print("\nrestart after SIGKILL (s): " + json.dumps(RESTARTS, indent=1))
+
+
+def free_run(n: int) -> int:
+    """The first of N free ports in a row (the copies of a worker)."""
+    for _ in range(100):
+        first = free_port()
+        if all(port_free(first + i) for i in range(1, n)):
+            return first
+    raise RuntimeError(f"no {n} free ports in a row")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 def gone(pid: int) -> bool:
@@ -125,9 +154,11 @@ def test_up_prints_what_it_supervises(stack):
 def test_status_shows_the_supervisors_view(stack):
     run = moodtunes(stack["var"], "stack", "status")
     assert run.returncode == 0, run.stderr
-    rows = {line.split()[0]: line.split() for line in run.stdout.splitlines()[2:]}
+    lines = run.stdout.splitlines()
+    table = lines[2 : next(i for i, line in enumerate(lines) if line.startswith("prometheus:"))]
+    rows = {line.split()[0]: line.split() for line in table}
     expected = {"postgres", "redis", "model-server", "fer-worker-1", "fer-worker-2", "recommender", "gateway"}
-    expected.add("reconciler")
+    expected |= {"reconciler", "flower"} | ({"prometheus"} if PROMETHEUS else set())
     assert set(rows) == expected
     for name in expected:
         assert rows[name][1] == "RUNNING" and int(rows[name][2]) == info(stack["sup"], name)["pid"]
@@ -185,6 +216,46 @@ def test_two_fer_workers_both_consume(stack):
         app.close()
     host = socket.gethostname()
     assert queues == {f"fer-1@{host}": {"fer"}, f"fer-2@{host}": {"fer"}}
+
+
+def test_every_process_serves_metrics_and_prometheus_scrapes_them(stack):
+    """Each FER copy on its own port, the other workers, the reconciler, the model server (at TF
+    Serving's path) and the gateway; Flower answers; Prometheus (when installed) has every one of
+    them up as a target of its job and the alert rules loaded."""
+    ports = stack["ports"]
+    fer = ports["MOODTUNES_FER_METRICS_PORT"]
+    endpoints = {
+        ("fer-worker", fer): "/metrics",
+        ("fer-worker", fer + 1): "/metrics",
+        ("recommender", ports["MOODTUNES_RECOMMENDER_METRICS_PORT"]): "/metrics",
+        ("reconciler", ports["MOODTUNES_RECONCILER_METRICS_PORT"]): "/metrics",
+        ("model-server", ports["MOODTUNES_MODEL_SERVER_METRICS_PORT"]): "/monitoring/prometheus/metrics",
+        ("gateway", ports["MOODTUNES_GATEWAY_PORT"]): "/metrics",
+    }
+    for (job, port), path in endpoints.items():
+        url = f"http://127.0.0.1:{port}{path}"
+        wait_until(
+            lambda url=url: httpx.get(url, timeout=5).status_code == 200, 60, f"{job} {url}", every=0.5
+        )
+    flower = f"http://127.0.0.1:{ports['MOODTUNES_FLOWER_PORT']}"
+    assert f"flower: {flower}" in stack["up"].stdout
+    wait_until(lambda: httpx.get(f"{flower}/healthcheck", timeout=5).text == "OK", 60, "flower", every=0.5)
+    if not PROMETHEUS:
+        assert "prometheus: not installed" in stack["up"].stdout
+        return
+    api = f"http://127.0.0.1:{ports['MOODTUNES_PROMETHEUS_PORT']}"
+    assert f"prometheus: {api}" in stack["up"].stdout
+    expected = sorted((job, f"127.0.0.1:{port}") for job, port in endpoints)
+
+    def all_up():
+        targets = httpx.get(f"{api}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+        seen = sorted((t["labels"]["job"], t["labels"]["instance"]) for t in targets)
+        return seen == expected and all(t["health"] == "up" for t in targets)
+
+    wait_until(all_up, 60, "every target up in Prometheus (scrapes every 15 s)", every=1)
+    groups = httpx.get(f"{api}/api/v1/rules", timeout=5).json()["data"]["groups"]
+    assert [g["file"] for g in groups] == [str(REPO_ROOT / "deploy" / "prometheus" / "alerts.yml")]
+    assert {r["name"] for g in groups for r in g["rules"]} >= {"QueueBacklog", "ModelServerDown", "StuckJobs"}
 
 
 def _serves(name: str, stack: dict):
@@ -259,6 +330,16 @@ def test_a_second_up_scales_without_touching_the_rest(stack):
     after = {p["name"]: p for p in sup.processes()}
     assert {n for n in after if n.startswith("fer-worker")} == {f"fer-worker-{i}" for i in (1, 2, 3)}
     assert {n: p["pid"] for n, p in after.items() if p["group"] != "fer-worker"} == before
+    if PROMETHEUS:  # reloaded (SIGHUP) with the third copy's target
+        api = f"http://127.0.0.1:{stack['ports']['MOODTUNES_PROMETHEUS_PORT']}/api/v1/targets"
+        fer = stack["ports"]["MOODTUNES_FER_METRICS_PORT"]
+
+        def fer_targets():
+            targets = httpx.get(api, timeout=5).json()["data"]["activeTargets"]
+            return sorted(t["labels"]["instance"] for t in targets if t["labels"]["job"] == "fer-worker")
+
+        wanted = [f"127.0.0.1:{fer + i}" for i in range(3)]
+        wait_until(lambda: fer_targets() == wanted, 30, "three fer-worker targets", every=0.5)
 
 
 def test_down_stops_everything(stack):

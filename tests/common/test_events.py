@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import json_format
 
 from moodtunes.config import REPO_ROOT
-from moodtunes.events import EmotionDetected, ModelRef, from_json, to_json
+from moodtunes.events import EmotionDetected, JobOptions, ModelRef, from_json, job_options, to_json
 
 
 def test_round_trip():
@@ -98,5 +98,24 @@ def test_field_numbers_are_never_reused():
         "model": 6,
         "detected_at": 7,
         "options": 8,
+        "group": 9,
     }
     assert {f.name: f.number for f in FerJob.DESCRIPTOR.fields} == {"job_id": 1, "options": 2}
+    assert {f.name: f.number for f in JobOptions.DESCRIPTOR.fields} == {
+        "mode": 1,
+        "limit": 2,
+        "filters": 3,
+        "diversity": 4,
+        "client_key": 5,
+        "drive": 6,
+    }
+
+
+def test_drive_travels_with_the_options_and_defaults_to_the_largest_face():
+    from moodtunes.events import drive_of
+
+    assert (
+        drive_of(from_json(to_json(job_options(mode="match", limit=3, drive="group")), JobOptions)) == "group"
+    )
+    assert drive_of(job_options(mode="match", limit=3)) == "face"
+    assert drive_of(from_json({"mode": "match", "limit": 3}, JobOptions)) == "face"  # sent before drives

@@ -31,6 +31,9 @@ API_VERSIONS = {
     "Job": "batch/v1",
     "Service": "v1",
     "ConfigMap": "v1",
+    "ServiceAccount": "v1",
+    "Role": "rbac.authorization.k8s.io/v1",
+    "RoleBinding": "rbac.authorization.k8s.io/v1",
     "Secret": "v1",
     "PersistentVolumeClaim": "v1",
     "Namespace": "v1",
@@ -57,6 +60,7 @@ COMPONENT_FILES = {
     "reconciler.yaml",
     "migrate.yaml",
     "network-policy.yaml",
+    "prometheus.yaml",
 }
 # The Secrets the manifests expect, with placeholder values; never applied (see the module docstring).
 SECRETS_EXAMPLE = "secrets.example.yaml"
@@ -559,7 +563,11 @@ def test_tfserving_configmap_mirrors_deploy_tfserving(resources):
     parse_batching_parameters = compose_helpers().parse_batching_parameters  # same strict parser
 
     data = resources[("ConfigMap", "tfserving-config")]["data"]
-    assert set(data) == {"models.config", "batching.config"}
+    assert set(data) == {"models.config", "batching.config", "monitoring.config"}
+    monitoring = parse_monitoring_config(data["monitoring.config"])
+    assert monitoring == parse_monitoring_config((TFSERVING_DIR / "monitoring.config").read_text()), (
+        "tfserving-config monitoring.config differs from deploy/tfserving/monitoring.config"
+    )
     k8s_models = text_format.Parse(data["models.config"], model_server_config_pb2.ModelServerConfig())
     assert k8s_models.model_config_list.config, "empty model_config_list"
     for model in k8s_models.model_config_list.config:
@@ -579,6 +587,13 @@ def test_tfserving_configmap_mirrors_deploy_tfserving(resources):
         f"tfserving-config batching.config differs from deploy/tfserving/batching.config:\n"
         f"{k8s_batching}\nvs\n{file_batching}"
     )
+
+
+def parse_monitoring_config(text: str):
+    """TF Serving's MonitoringConfig text proto, strictly (the model server's own parser)."""
+    from moodtunes_model_server.monitoring import MonitoringConfigProto
+
+    return text_format.Parse(text, MonitoringConfigProto())
 
 
 def test_models_volume_shared_by_tfserving_and_fer_workers(resources, compose):

@@ -360,3 +360,61 @@ def test_no_log_line_carries_the_photo(fake_model, face_jpeg, caplog, monkeypatc
     assert "left unfinished for the reconciler" in caplog.text and "invalid_image" in caplog.text
     for form in forms:
         assert form not in caplog.text
+
+
+class PerFaceHead:
+    """A head that reads the first face as happy and the second as sad."""
+
+    meta = {"name": "pca50+svm_rbf"}
+    ROWS = [[0.05, 0.8, 0.05, 0.05, 0.05], [0.1, 0.05, 0.7, 0.1, 0.05]]
+
+    def predict_proba(self, features):
+        return np.array([self.ROWS[i % 2] for i in range(len(features))])
+
+
+@pytest.fixture
+def two_face_jpeg() -> bytes:
+    """The astronaut beside her mirror image: two faces the detector finds."""
+    photo = skimage.data.astronaut()
+    buf = io.BytesIO()
+    Image.fromarray(np.hstack([photo, photo[:, ::-1]])).save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("drive", ["face", "group"])
+def test_group_drive_blends_every_face_and_face_drive_takes_the_largest(
+    fake_model, two_face_jpeg, monkeypatch, drive
+):
+    from moodtunes import group
+    from moodtunes_fer.inference import FerPipeline
+
+    monkeypatch.setattr(fake_model, "pipeline", lambda: FerPipeline(FakeBackend(), head=PerFaceHead()))
+    job_id = make_job(two_face_jpeg, drive=drive)
+    fake_model.process(job_id, job_options(mode="match", limit=3, drive=drive))
+    faces = [Face.model_validate(f) for f in jobs.get(job_id)["faces"]]
+    assert [f.emotion for f in faces] == ["happy", "sad"]
+    [event] = fake_model.published
+    assert event.faces_detected == 2
+    if drive == "group":
+        expected = group.blend(PerFaceHead.ROWS)
+        assert list(event.probabilities) == pytest.approx(expected.probabilities.tolist())
+        assert event.group.faces == 2 and list(event.group.weights) == pytest.approx([0.8 / 1.5, 0.7 / 1.5])
+        assert event.group.spread == pytest.approx(expected.spread)
+    else:
+        assert list(event.probabilities) == pytest.approx(PerFaceHead.ROWS[0])
+        assert not event.HasField("group")
+
+
+def test_a_group_job_redelivered_after_classifying_republishes_the_same_blend(
+    fake_model, two_face_jpeg, monkeypatch
+):
+    from moodtunes_fer.inference import FerPipeline
+
+    monkeypatch.setattr(fake_model, "pipeline", lambda: FerPipeline(FakeBackend(), head=PerFaceHead()))
+    job_id = make_job(two_face_jpeg, drive="group")
+    fake_model.process_job.apply(args=[{"job_id": job_id}])  # options read from the row
+    fake_model.process_job.apply(args=[{"job_id": job_id}])  # redelivery: republished from the row
+    first, again = fake_model.published
+    assert first.options.drive == again.options.drive == "group"
+    assert list(again.probabilities) == pytest.approx(list(first.probabilities))
+    assert again.group == first.group

@@ -20,6 +20,14 @@ def test_modes_are_listed(client):
     body = client.get("/v1/modes").json()
     assert [m["name"] for m in body["modes"]] == ["match", "uplift", "calm"]
     assert all(m["description"] for m in body["modes"])
+    # the web page checks a photo against these before sending it
+    s = get_settings()
+    assert body["upload"] == {
+        "max_bytes": s.max_upload_bytes,
+        "max_pixels": s.max_image_pixels,
+        "max_side": s.max_image_side,
+        "formats": ["image/jpeg", "image/png", "image/webp", "image/tiff"],
+    }
 
 
 @pytest.mark.parametrize("mode", ["uplift", "calm"])
@@ -48,6 +56,16 @@ def test_filters_are_stored(client, face_jpeg):
         "exclude_explicit": True,
     }
     assert job["diversity"] == 0.5 and job["client_key"].startswith("session:")
+    assert job["drive"] == "face"  # the default: the largest face drives the music
+
+
+def test_drive_group_is_stored_queued_and_shown(client, face_jpeg, redis_server):
+    r = post(client, face_jpeg, drive="group")
+    assert jobs.get(r.json()["id"])["drive"] == "group"
+    raw = json.loads(redis.Redis.from_url(redis_server.url).lpop(get_settings().fer_queue))
+    args, _, _ = json.loads(base64.b64decode(raw["body"]))
+    assert from_json(args[0], FerJob).options.drive == "group"
+    assert client.get(r.json()["status_url"]).json()["drive"] == "group"
 
 
 def test_the_queued_work_item_carries_the_options(client, face_jpeg, redis_server):
@@ -83,6 +101,7 @@ def test_the_queued_work_item_carries_the_options(client, face_jpeg, redis_serve
         ({"genres": ",".join(f"g{i}" for i in range(11))}, "invalid_filter"),
         ({"exclude_explicit": "maybe"}, "invalid_filter"),
         ({"diversity": 1.5}, "invalid_diversity"),
+        ({"drive": "crowd"}, "invalid_drive"),
     ],
 )
 def test_rejects_bad_options(client, face_jpeg, form, code):

@@ -162,7 +162,8 @@ def test_the_page_and_the_docs_work_under_the_policy_in_chromium(app_client, tmp
             page.goto(url + "/")
             page.wait_for_selector("body[data-modes-loaded]")  # the module script ran
             page.set_input_files("#photo-input", str(photo))  # the preview is a blob: URL
-            page.wait_for_function("document.querySelector('#preview-img').naturalWidth > 0")
+            page.wait_for_selector("[data-testid=preview]")  # shown once checked and decoded
+            assert page.evaluate("document.querySelector('#preview-img').naturalWidth") > 0
             assert page.evaluate("document.styleSheets[0].cssRules.length") > 10  # style.css applied
             assert page.evaluate("window.__csp") == []
             page.goto(url + "/docs")

@@ -275,3 +275,22 @@ def test_a_database_outage_past_the_retry_budget_leaves_the_job_for_the_reconcil
         get_settings.cache_clear()
     row = jobs.get(job_id)
     assert (row["status"], row["error_code"]) == ("recommending", None)
+
+
+def test_a_group_event_builds_from_the_blend_and_says_how_the_room_spread(clean_jobs):
+    from moodtunes import group
+    from moodtunes.events import GroupMood
+
+    room = group.blend([ONE_HOT["happy"], ONE_HOT["sad"]])
+    job_id = recommending_job(drive="group")
+    message = event(job_id, room.probabilities.tolist(), drive="group", diversity=0.0)
+    message.group.CopyFrom(GroupMood(faces=2, weights=room.weights.tolist(), spread=room.spread))
+    rec = worker.recommend(message)
+    assert rec.drive == "group" and rec.group.faces == 2
+    assert rec.group.weights == pytest.approx([0.5, 0.5]) and rec.group.spread == pytest.approx(0.5)
+    expected = 0.5 * (mapping.target(ONE_HOT["happy"]) + mapping.target(ONE_HOT["sad"]))
+    np.testing.assert_allclose(rec.target_vector, expected, atol=1e-6)
+    stored = jobs.get(job_id)["recommendation"]
+    assert stored["drive"] == "group" and stored["group"]["faces"] == 2
+    one_face = run_job(ONE_HOT["happy"])["recommendation"]
+    assert one_face["drive"] == "face" and one_face["group"] is None

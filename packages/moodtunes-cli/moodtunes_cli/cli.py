@@ -64,6 +64,7 @@ def _error_text(r) -> str:
 def submit(
     photo: Path = typer.Argument(..., exists=True, dir_okay=False, help="JPEG, PNG or WebP photo"),
     mode: str = typer.Option("match", help="match (published mapping), uplift or calm"),
+    drive: str = typer.Option("face", help="face: the largest face drives the music; group: every face"),
     limit: int = typer.Option(10, min=1, max=50),
     wait: bool = typer.Option(False, "--wait", help="poll until the job is done and print the result"),
     url: str | None = typer.Option(
@@ -95,7 +96,7 @@ def submit(
             r = client.post(
                 "/v1/jobs",
                 files={"image": (photo.name, photo.read_bytes())},
-                data={"mode": mode, "limit": str(limit)},
+                data={"mode": mode, "limit": str(limit), "drive": drive},
             )
             if r.status_code != 202:
                 fail(f"rejected ({r.status_code}): {_error_text(r)}")

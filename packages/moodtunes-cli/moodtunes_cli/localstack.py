@@ -1,5 +1,6 @@
 """The whole system on one machine without Docker: embedded PostgreSQL (pgvector) and Redis from
-PyPI wheels, the model server, both workers and the gateway, all supervised by supervisord.
+PyPI wheels, the model server, both workers, the reconciler and the gateway, Flower, and Prometheus
+when it is installed, all supervised by supervisord.
 
 `make up` / `make down` call this; the test suite uses the same pieces to start real servers. State
 lives under .var/ (data, logs, generated passwords, supervisord's config and socket), so data
@@ -7,6 +8,13 @@ survives down/up. supervisord restarts any program that exits (moodtunes_cli.sup
 port and the worker counts are set by environment variables (StackSettings); `up` checks every port
 before it starts anything and, when a start fails, stops what it had started, so a failed `make up`
 leaves nothing behind.
+
+Metrics: every worker copy, the reconciler and the model server serve Prometheus metrics on a port
+of their own (METRICS_PORT; the model server's --rest_api_port, as TF Serving), the gateway on its
+own port. With a `prometheus` binary installed (Debian: `apt-get install prometheus`), `up` runs it
+too, on a config generated from deploy/prometheus/prometheus.yml's jobs with one static target per
+process and deploy/prometheus/alerts.yml as its rules (prometheus_config). Flower watches the Celery
+workers through the Redis broker.
 
 PostgreSQL takes passwords only (SCRAM): the owner role `moodtunes` runs migrations and the catalogue
 load, the services connect as `moodtunes_app`, which has row rights and no DDL (see
@@ -26,6 +34,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +46,8 @@ from moodtunes_cli.supervision import SupervisedGroup, Supervisor
 
 VAR = Path(os.environ.get("MOODTUNES_VAR", REPO_ROOT / ".var"))
 PG_PORT, REDIS_PORT, MODEL_PORT, GATEWAY_PORT = 55432, 56379, 8500, 8000  # defaults of StackSettings
+PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"  # the scrape jobs and alert rules every deployment uses
+MONITORING_CONFIG = REPO_ROOT / "deploy" / "tfserving" / "monitoring.config"  # TF Serving's metrics switch
 DB_NAME = "moodtunes"
 OWNER_ROLE, APP_ROLE = "moodtunes", "moodtunes_app"  # schema owner (migrations); the services' role
 SERVICE_USER = "moodtunes"  # PostgreSQL refuses to run as root; used only when we are root
@@ -65,6 +76,13 @@ class StackSettings(BaseSettings):
     redis_port: int = Field(REDIS_PORT, ge=1, le=65535)  # embedded Redis, unless REDIS_URL is set
     fer_workers: int = Field(1, ge=1, le=32)  # FER worker processes (Celery nodes fer-1@, fer-2@, ...)
     recommender_workers: int = Field(1, ge=1, le=32)  # recommender worker processes
+    # Prometheus metrics of each process; a worker's is its first copy's, copy n takes port + n - 1
+    model_server_metrics_port: int = Field(8501, ge=1, le=65535)  # TF Serving's REST port number
+    reconciler_metrics_port: int = Field(9101, ge=1, le=65535)
+    recommender_metrics_port: int = Field(9110, ge=1, le=65535)
+    fer_metrics_port: int = Field(9150, ge=1, le=65535)
+    prometheus_port: int = Field(9090, ge=1, le=65535)  # when a prometheus binary is installed
+    flower_port: int = Field(5555, ge=1, le=65535)  # Flower, the Celery workers' web monitor
 
     @staticmethod
     def env_var(name: str) -> str:
@@ -174,6 +192,35 @@ class Process:
     stopsignal: int = signal.SIGTERM
     stopwait_s: int = 20  # then SIGKILL
     priority: int = 100  # supervisord's start order (low first) and reverse stop order
+    # Where its Prometheus metrics are (copy n: metrics_port + n - 1), and the variable that sets it.
+    # metrics_env: the process reads the port from METRICS_PORT (supervision.program_section gives
+    # each copy its own); else its argv names it (the model server) or it is PORT (the gateway).
+    metrics_port: int | None = None
+    metrics_setting: str | None = None
+    metrics_env: bool = False
+    metrics_path: str = "/metrics"
+
+    def metrics_ports(self) -> list[int]:
+        """Each copy's metrics port, in copy order (empty: no metrics)."""
+        if self.metrics_port is None:
+            return []
+        return [self.metrics_port + i for i in range(self.numprocs)]
+
+    def listens(self) -> list[tuple[int, str, str | None]]:
+        """(port, what, setting) of every port its copies listen on, for check_ports."""
+        out = [(self.port, self.name, self.setting)] if self.port else []
+        for i, port in enumerate(self.metrics_ports()):
+            if port != self.port:
+                copy = f"-{i + 1}" if self.numprocs > 1 else ""
+                out.append((port, f"{self.name}{copy} metrics", self.metrics_setting))
+        return out
+
+    @property
+    def environment(self) -> dict:
+        """ENV, plus METRICS_PORT (the first copy's: program_section gives each copy its own)."""
+        if self.metrics_env and self.metrics_port is not None:
+            return {**self.env, "METRICS_PORT": str(self.metrics_port)}
+        return self.env
 
     @property
     def pidfile(self) -> Path:
@@ -194,7 +241,7 @@ class Process:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO_ROOT,
-                env={**base, **self.env},
+                env={**base, **self.environment},
                 start_new_session=True,
                 **_as_user(self.user),
             )
@@ -501,6 +548,15 @@ def _celery(app: str, queue: str, node: str, concurrency: int, *extra: str) -> l
     ]
 
 
+# program -> the StackSettings field of its (first copy's) metrics port
+METRICS_SETTINGS = {
+    "model-server": "model_server_metrics_port",
+    "fer-worker": "fer_metrics_port",
+    "recommender": "recommender_metrics_port",
+    "reconciler": "reconciler_metrics_port",
+}
+
+
 def service_processes(
     run_dir: Path,
     env: dict,
@@ -509,11 +565,15 @@ def service_processes(
     models_dir: Path | None = None,
     fer_workers: int = 1,
     recommender_workers: int = 1,
+    metrics_ports: dict[str, int] | None = None,
 ) -> list[Process]:
     """The application processes, in start order (the same commands as docker-compose.yml).
 
-    One entry per program: a new one (e.g. a reconciler) is one more line here."""
+    One entry per program: a new one (e.g. a reconciler) is one more line here. METRICS_PORTS
+    (program -> its first copy's metrics port, as METRICS_SETTINGS names them) turns their Prometheus
+    endpoints on; without it only the gateway serves metrics (on its own port, always)."""
     py = sys.executable
+    metrics_ports = metrics_ports or {}
     models_dir = Path(models_dir or env.get("MODELS_DIR") or REPO_ROOT / "models")
     env = {**env, "MODEL_SERVER": f"{HOST}:{model_port}", "MODELS_DIR": str(models_dir)}
     model_name = env.get("MODEL_NAME", "fer_vgg16")
@@ -522,21 +582,153 @@ def service_processes(
         *(f"--model_name={model_name}", f"--model_base_path={models_dir / model_name}", "--enable_batching"),
         f"--batching_parameters_file={REPO_ROOT / 'deploy/tfserving/batching.config'}",
     ]
+    if "model-server" in metrics_ports:  # TF Serving's flags: metrics on the REST port
+        model_server += [
+            f"--rest_api_port={metrics_ports['model-server']}",
+            f"--monitoring_config_file={MONITORING_CONFIG}",
+        ]
     fer = _celery("moodtunes_fer.worker", "fer", "fer", 1, "--prefetch-multiplier", "1")
     recommend = _celery("moodtunes_recommender.worker", "recommend", "recommend", 2)
     gateway = [py, "-m", "uvicorn", "moodtunes_gateway.main:app", "--host", HOST, "--port", str(gateway_port)]
     gateway_setting = StackSettings.env_var("gateway_port")
+
+    def metrics(name: str) -> dict:
+        if name not in metrics_ports:
+            return {}
+        setting = StackSettings.env_var(METRICS_SETTINGS[name])
+        return {"metrics_port": metrics_ports[name], "metrics_setting": setting}
+
     return [
         Process(
-            "model-server", model_server, run_dir, env, model_port, "MOODTUNES_MODEL_SERVER_PORT", priority=20
+            "model-server",
+            model_server,
+            run_dir,
+            env,
+            model_port,
+            "MOODTUNES_MODEL_SERVER_PORT",
+            priority=20,
+            **metrics("model-server"),
         ),
-        Process("fer-worker", fer, run_dir, env, numprocs=fer_workers, stopwait_s=60, priority=30),
         Process(
-            "recommender", recommend, run_dir, env, numprocs=recommender_workers, stopwait_s=60, priority=30
+            "fer-worker",
+            fer,
+            run_dir,
+            env,
+            numprocs=fer_workers,
+            stopwait_s=60,
+            priority=30,
+            metrics_env=True,
+            **metrics("fer-worker"),
         ),
-        Process("reconciler", [py, "-m", "moodtunes.reconciler"], run_dir, env, priority=35),
-        Process("gateway", gateway, run_dir, env, gateway_port, gateway_setting, priority=40),
+        Process(
+            "recommender",
+            recommend,
+            run_dir,
+            env,
+            numprocs=recommender_workers,
+            stopwait_s=60,
+            priority=30,
+            metrics_env=True,
+            **metrics("recommender"),
+        ),
+        Process(
+            "reconciler",
+            [py, "-m", "moodtunes.reconciler"],
+            run_dir,
+            env,
+            priority=35,
+            metrics_env=True,
+            **metrics("reconciler"),
+        ),
+        Process(
+            "gateway",
+            gateway,
+            run_dir,
+            env,
+            gateway_port,
+            gateway_setting,
+            priority=40,
+            metrics_port=gateway_port,
+            metrics_setting=gateway_setting,
+        ),
     ]
+
+
+def flower_process(run_dir: Path, port: int) -> Process:
+    """Flower, the Celery workers' web monitor, on loopback. It reads the broker from
+    CELERY_BROKER_URL (set by `up` to the stack's Redis) and asks the workers to send task events
+    while it runs."""
+    argv = [sys.executable, "-m", "celery", "flower", f"--address={HOST}", f"--port={port}"]
+    return Process(
+        "flower", argv, run_dir, port=port, setting=StackSettings.env_var("flower_port"), priority=45
+    )
+
+
+def prometheus_binary() -> str | None:
+    """The installed Prometheus server (Debian's `prometheus` package puts it in /usr/bin), or None."""
+    found = shutil.which("prometheus")
+    if found:
+        return found
+    return "/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK) else None
+
+
+def prometheus_config(processes: Iterable[Process], source: Path = PROMETHEUS_DIR / "prometheus.yml") -> dict:
+    """The local Prometheus's config: SOURCE's global settings, rule files (the same files, by absolute
+    path) and scrape jobs (names, paths, intervals), each job's discovery replaced by static targets,
+    one per copy of the program of the same name (a program with metrics and no job is an error)."""
+    import yaml
+
+    base = yaml.safe_load(source.read_text())
+    targets: dict[str, list[str]] = {}
+    for p in processes:
+        if p.metrics_ports():
+            targets.setdefault(p.name, []).extend(f"{HOST}:{port}" for port in p.metrics_ports())
+    jobs = []
+    for job in base["scrape_configs"]:
+        local = {
+            k: v
+            for k, v in job.items()
+            if not k.endswith("_sd_configs") and k not in ("static_configs", "relabel_configs")
+        }
+        local["static_configs"] = [{"targets": targets.pop(job["job_name"], [])}]
+        jobs.append(local)
+    if targets:
+        raise ValueError(f"no scrape job in {source} for {', '.join(sorted(targets))}")
+    rules = [str((source.parent / r).resolve()) for r in base.get("rule_files") or []]
+    return {"global": base.get("global") or {}, "rule_files": rules, "scrape_configs": jobs}
+
+
+def write_prometheus_config(path: Path, processes: Iterable[Process]) -> None:
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = (
+        "# written by `moodtunes stack up` on every start (moodtunes_cli.localstack.prometheus_config)\n"
+        "# from deploy/prometheus/prometheus.yml's jobs: edit that file, not this one\n"
+    )
+    path.write_text(head + yaml.safe_dump(prometheus_config(processes), sort_keys=False))
+
+
+def monitor_processes(var: Path, settings: StackSettings) -> list[Process]:
+    """What `up` runs to watch the stack: Flower, and Prometheus when it is installed."""
+    monitors = [flower_process(var / "run", settings.flower_port)]
+    binary = prometheus_binary()
+    if binary:
+        monitors.append(prometheus_process(var / "prometheus", var / "run", settings.prometheus_port, binary))
+    return monitors
+
+
+def prometheus_process(root: Path, run_dir: Path, port: int, binary: str) -> Process:
+    """Prometheus on loopback, config ROOT/prometheus.yml (write_prometheus_config), data ROOT/data."""
+    argv = [
+        binary,
+        f"--config.file={root / 'prometheus.yml'}",
+        f"--storage.tsdb.path={root / 'data'}",
+        "--storage.tsdb.retention.time=15d",
+        f"--web.listen-address={HOST}:{port}",
+    ]
+    setting = StackSettings.env_var("prometheus_port")
+    return Process("prometheus", argv, run_dir, port=port, setting=setting, stopwait_s=30, priority=50)
 
 
 def _check_alive(program) -> None:
@@ -646,12 +838,15 @@ def up(var: Path = VAR) -> None:
         gateway_port=settings.gateway_port,
         fer_workers=settings.fer_workers,
         recommender_workers=settings.recommender_workers,
+        metrics_ports={name: getattr(settings, key) for name, key in METRICS_SETTINGS.items()},
     )
+    monitors = monitor_processes(var, settings)
     # only what this run would start: programs already running keep their ports
     wanted = [
-        (p.port, LABELS.get(p.name, p.name), p.setting)
-        for p in [*infra, *services]
-        if p.port and p.name not in live
+        (port, LABELS.get(what, what), setting)
+        for p in [*infra, *services, *monitors]
+        if p.name not in live
+        for port, what, setting in p.listens()
     ]
     check_ports(wanted)
 
@@ -675,11 +870,18 @@ def up(var: Path = VAR) -> None:
                 "REDIS_URL": redis_url,
                 "SESSION_SECRET": session_secret,
             }
-        programs = [*infra, *services]
+        for p in monitors:
+            if p.name == "flower":
+                p.env = {"CELERY_BROKER_URL": redis_url}
+        programs = [*infra, *services, *monitors]
+        if any(p.name == "prometheus" for p in monitors):
+            write_prometheus_config(var / "prometheus" / "prometheus.yml", programs)
         sup.write_config(programs)
         if supervised:
             sup.update()
             live &= sup.live_groups()  # a changed program (other command, other worker count) was replaced
+            if "prometheus" in live:  # same command, maybe other targets (worker counts): reload
+                sup.signal_group("prometheus", "HUP")
         else:
             started_supervisord = True
             sup.start()
@@ -701,7 +903,7 @@ def up(var: Path = VAR) -> None:
             print("loading the default catalogue (first run)...")
             report = catalogue.load_csv(catalogue.default_catalogue(), database_url=owner_url)
             print(f"catalogue: {report.loaded} tracks loaded, {report.rejected} rejected")
-        for p in services:
+        for p in [*services, *monitors]:
             if p.name not in live:
                 started.append(p.name)
                 sup.start_group(p.name)
@@ -725,14 +927,37 @@ def up(var: Path = VAR) -> None:
         "gateway": base,
         "programs": [p.name for p in programs],
         "ports": {p.name: p.port for p in programs},
+        "metrics": {p.name: p.metrics_ports() for p in programs if p.metrics_ports()},
+        "prometheus": next((f"http://{HOST}:{p.port}" for p in monitors if p.name == "prometheus"), None),
+        "flower": next((f"http://{HOST}:{p.port}" for p in monitors if p.name == "flower"), None),
     }
     (var / "stack.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"\nsupervisord (pid {sup.pid()}) restarts any of these that exits:")
     print(status_table(sup, info))
     print(f"\nmoodtunes is up in {time.monotonic() - t0:.1f}s: {base}  (web page, API docs at {base}/docs)")
+    print(monitoring_lines(info))
     print(
         f"next: .venv/bin/moodtunes submit PHOTO --wait     logs: {_show(sup.logs)}/*.log     "
         "status: .venv/bin/moodtunes stack status     stop: make down"
+    )
+
+
+def monitoring_lines(info: dict) -> str:
+    """Where to watch the stack: Prometheus (or why there is none) and Flower."""
+    if info.get("prometheus"):
+        prometheus = (
+            f"prometheus: {info['prometheus']}  (alerts at {info['prometheus']}/alerts; jobs and rules "
+            "from deploy/prometheus/)"
+        )
+    else:
+        prometheus = (
+            "prometheus: not installed, nothing scrapes the metrics (`apt-get install prometheus`, then "
+            "`make up` again); each process still serves them (see stack.json)"
+        )
+    return (
+        f"{prometheus}\nflower: {info['flower']}  (Celery workers and tasks)"
+        if info.get("flower")
+        else prometheus
     )
 
 
@@ -771,6 +996,8 @@ def status(var: Path = VAR) -> bool:
         + (f", gateway {info['gateway']}" if info.get("gateway") else "")
     )
     print(status_table(sup, info))
+    if info:
+        print(monitoring_lines(info))
     return True
 
 

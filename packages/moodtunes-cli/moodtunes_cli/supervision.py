@@ -36,11 +36,22 @@ def _escape(value: str) -> str:
     return str(value).replace("%", "%%")
 
 
+def program_argv(p: Process) -> list[str]:
+    """P's command; "{n}" stands for the copy's number. Copies of a program that reads METRICS_PORT
+    each get their own port, the first copy's plus n - 1: supervisord gives every copy the same
+    environment and can only paste the number into it, so a shell adds it and execs the program."""
+    if p.metrics_env and p.metrics_port is not None and p.numprocs > 1:
+        script = f'METRICS_PORT=$(({p.metrics_port} + {{n}} - 1)) exec "$@"'
+        return ["/bin/sh", "-c", script, p.name, *p.argv]
+    return list(p.argv)
+
+
 def program_section(p: Process, logs: Path) -> str:
     """The `[program:NAME]` section that runs P under supervisord."""
-    command = " ".join(shlex.quote(_escape(a)) for a in p.argv).replace("{n}", "%(process_num)d")
+    command = " ".join(shlex.quote(_escape(a)) for a in program_argv(p)).replace("{n}", "%(process_num)d")
     name = "%(program_name)s" + ("-%(process_num)d" if p.numprocs > 1 else "")
-    for key, value in p.env.items():
+    env = p.environment
+    for key, value in env.items():
         if '"' in str(value) or "\n" in str(value):
             raise ValueError(f"{p.name}: environment value of {key} holds a quote or a newline")
     lines = [
@@ -66,8 +77,8 @@ def program_section(p: Process, logs: Path) -> str:
     ]
     if p.user:
         lines.append(f"user={p.user}")
-    if p.env:
-        lines.append("environment=" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(p.env.items())))
+    if env:
+        lines.append("environment=" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(env.items())))
     return "\n".join(lines) + "\n"
 
 
@@ -197,6 +208,13 @@ serverurl=unix://{_escape(str(self.sock))}
 
     def start_group(self, name: str, wait: bool = False) -> None:
         self.rpc().startProcessGroup(name, wait)
+
+    def signal_group(self, name: str, signal_name: str) -> None:
+        """Sends SIGNAL_NAME (e.g. "HUP") to every running process of group NAME."""
+        try:
+            self.rpc().signalProcessGroup(name, signal_name)
+        except xmlrpc.client.Fault:  # not running
+            pass
 
     def stop_group(self, name: str) -> None:
         try:

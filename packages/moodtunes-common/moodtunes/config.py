@@ -80,6 +80,14 @@ class Settings(BaseSettings):
     gateway_redis_timeout_s: float = 0.5  # a request's Redis connect/read timeout, then 503
     cors_allow_origins: str = ""  # comma-separated origins allowed to call the API from a browser
 
+    # Observability (moodtunes.observability)
+    log_format: str = "json"  # json: one JSON object a line (services); text: for people reading along
+    log_level: str = "INFO"
+    # A worker's or the reconciler's Prometheus /metrics port (a worker serves its prefork children's
+    # metrics from its main process); 0: not served. The gateway serves /metrics on its own port.
+    metrics_port: int = 0
+    tracing: str = ""  # OpenTelemetry spans: "" off, "console" (stderr), "otlp" (OTEL_EXPORTER_OTLP_*)
+
     # Queues
     fer_queue: str = "fer"
     recommend_queue: str = "recommend"

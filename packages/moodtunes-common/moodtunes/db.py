@@ -12,6 +12,7 @@ import tenacity
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from moodtunes import observability
 from moodtunes.config import get_settings
 
 log = logging.getLogger("moodtunes.db")
@@ -73,6 +74,7 @@ def _before_retry(state: tenacity.RetryCallState) -> None:
     so the next attempt gets a fresh connection instead of the next dead one."""
     exc = state.outcome.exception() if state.outcome else None
     log.warning("database unavailable (%s); retry %d", exc, state.attempt_number)
+    observability.note_retry("database")  # moodtunes_task_retries_total{reason="database"}
     for p in list(_pools.values()):
         try:
             p.check()

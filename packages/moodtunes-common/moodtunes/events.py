@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from google.protobuf import json_format
 
-from moodtunes.proto.moodtunes.v1.events_pb2 import EmotionDetected, FerJob, JobOptions, ModelRef
+from moodtunes.group import DEFAULT_DRIVE
+from moodtunes.proto.moodtunes.v1.events_pb2 import EmotionDetected, FerJob, GroupMood, JobOptions, ModelRef
 from moodtunes.proto.moodtunes.v1.events_pb2 import Filters as FiltersMessage
 from moodtunes.results import Filters
 
 __all__ = [
     "EmotionDetected",
     "FerJob",
+    "GroupMood",
     "JobOptions",
     "ModelRef",
     "to_json",
@@ -22,6 +24,7 @@ __all__ = [
     "job_options",
     "options_from_row",
     "filters_of",
+    "drive_of",
 ]
 
 
@@ -44,6 +47,7 @@ def job_options(
     filters: Filters | dict | None = None,
     diversity: float | None = None,
     client_key: str | None = None,
+    drive: str = DEFAULT_DRIVE,
 ) -> JobOptions:
     """The options message of a job, from the values the gateway stores in its row."""
     if not isinstance(filters, Filters):
@@ -52,6 +56,7 @@ def job_options(
         mode=mode,
         limit=limit,
         client_key=client_key or "",
+        drive=drive,
         filters=from_json(filters.model_dump(mode="json", exclude_none=True), FiltersMessage),
     )
     if diversity is not None:
@@ -67,7 +72,13 @@ def options_from_row(job: dict) -> JobOptions:
         filters=job["filters"],
         diversity=job["diversity"],
         client_key=job["client_key"],
+        drive=job.get("drive") or DEFAULT_DRIVE,
     )
+
+
+def drive_of(options: JobOptions) -> str:
+    """Which faces drive the music; empty (a message from before drives existed) is the default."""
+    return options.drive or DEFAULT_DRIVE
 
 
 def filters_of(options: JobOptions) -> Filters:

@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel
 
 from moodtunes.db import connection, retry_transient
+from moodtunes.group import DEFAULT_DRIVE
 from moodtunes.results import stored_json
 
 QUEUED, DETECTING, CLASSIFYING, RECOMMENDING, DONE, FAILED = (
@@ -40,8 +41,8 @@ FINAL_SQL = "(" + ", ".join(f"'{s}'" for s in FINAL) + ")"
 DROPS_IMAGE = (RECOMMENDING, DONE, FAILED)  # the photo is kept only until its faces are classified
 CLAIMABLE = (QUEUED, DETECTING, CLASSIFYING)  # a (re)delivered FER task may start from these
 
-JOB_COLUMNS = """id, status, mode, track_limit, filters, diversity, client_key, image_type, image_bytes,
-    image_width, image_height, faces, chosen_face, model, recommendation, error_code,
+JOB_COLUMNS = """id, status, mode, track_limit, filters, diversity, client_key, drive, image_type,
+    image_bytes, image_width, image_height, faces, chosen_face, model, recommendation, error_code,
     error_message, attempts, requeues, requeued_at, last_error, created_at, updated_at, started_at,
     finished_at"""
 TIMEOUT = "timeout"
@@ -100,14 +101,15 @@ def create(
     filters=None,
     client_key: str | None = None,
     diversity: float | None = None,
+    drive: str = DEFAULT_DRIVE,
 ) -> dict[str, Any]:
     """Stores a queued job and its photo in one statement; returns its status and created_at."""
     with connection() as conn:
         return conn.execute(
             """WITH job AS (
                    INSERT INTO jobs (id, status, mode, track_limit, filters, diversity, client_key,
-                                     image_type, image_bytes, image_width, image_height)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                                     drive, image_type, image_bytes, image_width, image_height)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                    RETURNING id, status, created_at),
                photo AS (INSERT INTO job_images (job_id, content) SELECT id, %s FROM job)
                SELECT status, created_at FROM job""",
@@ -119,6 +121,7 @@ def create(
                 Jsonb(_filters_json(filters)),
                 diversity,
                 client_key,
+                drive,
                 image_type,
                 len(image),
                 width,

@@ -59,7 +59,14 @@ def outage_retry_policy(budget_s: float | None = None) -> dict:
         "interval_start": 0,
         "interval_step": 0.5,
         "interval_max": 1.0,
+        "errback": _publish_retried,  # kombu calls it before each retry
     }
+
+
+def _publish_retried(exc: Exception, interval: float) -> None:
+    from moodtunes import observability
+
+    observability.note_retry("broker")  # moodtunes_task_retries_total{reason="broker"}
 
 
 def longest_task_s(s: Settings) -> float:

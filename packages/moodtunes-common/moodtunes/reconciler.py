@@ -14,6 +14,9 @@ Each round, for every unfinished job:
   (`attempts`): failed `too_many_attempts`, so a photo that kills its worker cannot loop;
   otherwise its FER task is sent again with the options from its row. A job in `recommending`
   gets the FER task too: the FER worker re-publishes its stored result (moodtunes_fer.worker.republish).
+
+What it does is counted in moodtunes_reconciler_actions_total{action=resent|too_many_attempts|timeout},
+served at :METRICS_PORT/metrics when that is set; its log lines about a job carry the job's id.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from moodtunes import jobs
+from moodtunes import jobs, observability
 from moodtunes.config import get_settings
 from moodtunes.db import connection
 from moodtunes.events import JobOptions, options_from_row
@@ -89,36 +92,48 @@ def reconcile_once(
         broker_down = False
         for row in rows:
             job_id = str(row["id"])
-            if row["overdue"]:
-                code, message = jobs.TIMEOUT, _with_last_error(jobs.TIMEOUT_MESSAGE, row["last_error"])
-            elif row["status"] in jobs.CLAIMABLE and row["attempts"] >= s.max_deliveries:
-                code = jobs.TOO_MANY_ATTEMPTS
-                message = jobs.too_many_attempts_message(row["attempts"], row["last_error"])
-            else:
-                if broker_down:
-                    continue
-                try:
-                    enqueue(job_id, options_from_row(row))
-                except BROKER_ERRORS as exc:  # Redis away: leave the rest for the next round
-                    log.warning("cannot re-send jobs, the queue is unavailable: %s", exc)
-                    broker_down = True
-                    continue
-                done.requeued.append(job_id)
-                log.info(
-                    "job %s: no progress while %s; re-sent (%d)", job_id, row["status"], row["requeues"] + 1
-                )
-                continue
-            jobs.transition(
-                job_id, jobs.UNFINISHED, jobs.FAILED, conn=conn, error_code=code, error_message=message
-            )
-            done.failed[job_id] = code
-            log.warning("job %s failed while %s: %s", job_id, row["status"], code)
+            token = observability.bind_job_id(job_id)
+            try:
+                broker_down = _reconcile_job(conn, row, job_id, enqueue, done, broker_down)
+            finally:
+                observability.unbind_job_id(token)
         if done.requeued:
             conn.execute(
                 "UPDATE jobs SET requeues = requeues + 1, requeued_at = now() WHERE id = ANY(%s)",
                 (done.requeued,),
             )
+    # Counted once committed: a round that failed before its commit did nothing
+    if done.requeued:
+        observability.RECONCILER_ACTIONS.labels("resent").inc(len(done.requeued))
+    for code in done.failed.values():
+        observability.RECONCILER_ACTIONS.labels(code).inc()
     return done
+
+
+def _reconcile_job(conn, row, job_id: str, enqueue, done: Round, broker_down: bool) -> bool:
+    """One stuck job: failed, or its FER task sent again (recorded in `done`); returns whether the
+    broker is known to be away (then nothing more is sent this round)."""
+    s = get_settings()
+    if row["overdue"]:
+        code, message = jobs.TIMEOUT, _with_last_error(jobs.TIMEOUT_MESSAGE, row["last_error"])
+    elif row["status"] in jobs.CLAIMABLE and row["attempts"] >= s.max_deliveries:
+        code = jobs.TOO_MANY_ATTEMPTS
+        message = jobs.too_many_attempts_message(row["attempts"], row["last_error"])
+    else:
+        if broker_down:
+            return True
+        try:
+            enqueue(job_id, options_from_row(row))
+        except BROKER_ERRORS as exc:  # Redis away: leave the rest for the next round
+            log.warning("cannot re-send jobs, the queue is unavailable: %s", exc)
+            return True
+        done.requeued.append(job_id)
+        log.info("job %s: no progress while %s; re-sent (%d)", job_id, row["status"], row["requeues"] + 1)
+        return False
+    jobs.transition(job_id, jobs.UNFINISHED, jobs.FAILED, conn=conn, error_code=code, error_message=message)
+    done.failed[job_id] = code
+    log.warning("job %s failed while %s: %s", job_id, row["status"], code)
+    return broker_down
 
 
 def purge() -> int:
@@ -164,12 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true", help="one round and one purge, then exit")
     parser.add_argument("--interval", type=float, default=None, help="seconds between rounds")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    observability.setup_logging("reconciler")
+    observability.setup_tracing("reconciler")
     if args.once:
         done = reconcile_once()
         purged = purge()
         print(f"re-sent {len(done.requeued)}, failed {len(done.failed)}, purged {purged}")
         return 0
+    port = get_settings().metrics_port
+    if port:
+        log.info("serving Prometheus metrics at :%d/metrics", observability.serve_metrics(port))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

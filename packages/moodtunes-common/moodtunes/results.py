@@ -98,8 +98,18 @@ class Track(BaseModel):
         return f"https://open.spotify.com/track/{self.track_id}" if SPOTIFY_ID.match(self.track_id) else None
 
 
+class GroupMood(BaseModel):
+    """How the faces of a `drive=group` job made its music (moodtunes.group)."""
+
+    faces: int = Field(description="faces that drove the music: every detected face")
+    weights: list[float] = Field(description="each face's share of the blend (by confidence), face order")
+    spread: float = Field(description="how far the faces' moods are from the blend: 0 agree .. 1 disjoint")
+
+
 class Recommendation(BaseModel):
     mode: str
+    drive: str = Field("face", description="face: the largest face drove the music; group: every face")
+    group: GroupMood | None = Field(None, description="set for drive=group")
     emotion_probabilities: EmotionProbabilities
     target: FeatureValues = Field(description="the mode's goal point; tempo in BPM")
     target_vector: list[float] = Field(description="the goal point in matching space (tempo / scale)")

@@ -16,10 +16,18 @@ import grpc
 import tenacity
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from moodtunes import jobs
+from moodtunes import group, jobs, observability
 from moodtunes.config import get_settings
 from moodtunes.db import TRANSIENT_ERRORS as DB_ERRORS
-from moodtunes.events import EmotionDetected, FerJob, JobOptions, from_json, options_from_row
+from moodtunes.events import (
+    EmotionDetected,
+    FerJob,
+    GroupMood,
+    JobOptions,
+    drive_of,
+    from_json,
+    options_from_row,
+)
 from moodtunes.events import ModelRef as ModelRefMessage
 from moodtunes.queue import BROKER_ERRORS, FER_TASK, enqueue_recommend, make_celery
 from moodtunes.results import Face, FaceBox, ModelRef
@@ -28,6 +36,7 @@ from moodtunes_tfserving.client import ModelServerError
 
 log = logging.getLogger("moodtunes.fer")
 app = make_celery("moodtunes-fer")
+SERVICE = "fer"  # the service label of this worker's metrics
 # Worth retrying: the model server is restarting, overloaded or slow. Anything else (a bad input,
 # an unknown model) would fail the same way again.
 TRANSIENT_GRPC_CODES = {
@@ -65,7 +74,23 @@ def pipeline():
         version=s.model_version,
         timeout_s=s.model_timeout_s,
     )
-    return FerPipeline(backend, models_dir=s.models_dir, model_name=s.model_name)
+    return FerPipeline(
+        meter_predict_calls(backend, s.model_name), models_dir=s.models_dir, model_name=s.model_name
+    )
+
+
+def meter_predict_calls(backend, model: str):
+    """Times and sizes every Predict call the backend makes (moodtunes_model_call_duration_seconds,
+    moodtunes_model_call_batch_size): GrpcBackend sends the faces of a photo in calls of at most
+    GRPC_BATCH_SIZE rows, each through its `_call`."""
+    call = backend._call
+
+    def metered(batch):
+        with observability.model_call(model, len(batch)):
+            return call(batch)
+
+    backend._call = metered
+    return backend
 
 
 def classify_faces(grey, boxes) -> tuple[list[Face], ModelRef]:
@@ -104,6 +129,7 @@ def _still_waiting(job_id: str):
     def note(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception()
         log.warning("job %s: model server unavailable (%s); retry %d", job_id, exc, state.attempt_number)
+        observability.note_retry("model_unavailable", SERVICE)
         try:
             jobs.heartbeat(job_id, f"model_unavailable: {exc}")
         except Exception as db_exc:  # best effort: the database may be away too
@@ -129,10 +155,13 @@ def classify_waiting(job_id: str, grey, boxes) -> tuple[list[Face], ModelRef]:
 def emotion_event(
     job_id: str, faces: list[Face], chosen: int, model: ModelRef, options: JobOptions
 ) -> EmotionDetected:
-    """Everything the recommender needs, from what this worker holds: no job read to publish."""
+    """Everything the recommender needs, from what this worker holds: no job read to publish.
+
+    With `drive=group` the probabilities are every face's, blended (moodtunes.group); otherwise
+    the chosen face's."""
     ts = Timestamp()
     ts.GetCurrentTime()
-    return EmotionDetected(
+    event = EmotionDetected(
         job_id=job_id,
         emotions=list(CLASS_NAMES),
         probabilities=[faces[chosen].probabilities[c] for c in CLASS_NAMES],
@@ -142,6 +171,11 @@ def emotion_event(
         detected_at=ts,
         options=options,
     )
+    if drive_of(options) == "group":
+        mix = group.blend([[f.probabilities[c] for c in CLASS_NAMES] for f in faces])
+        event.probabilities[:] = [float(v) for v in mix.probabilities]
+        event.group.CopyFrom(GroupMood(faces=len(faces), weights=mix.weights.tolist(), spread=mix.spread))
+    return event
 
 
 def republish(job_id: str, options: JobOptions | None) -> None:
@@ -153,7 +187,7 @@ def republish(job_id: str, options: JobOptions | None) -> None:
         log.warning("unknown job %s: dropped", job_id)
     elif job["status"] == jobs.RECOMMENDING:
         faces = [Face.model_validate(f) for f in job["faces"]]
-        enqueue_recommend(
+        publish(
             emotion_event(
                 job_id,
                 faces,
@@ -166,13 +200,22 @@ def republish(job_id: str, options: JobOptions | None) -> None:
         log.info("job %s is %s: nothing to do", job_id, job["status"])
 
 
+def publish(event: EmotionDetected) -> None:
+    with observability.stage(SERVICE, "publish"):
+        enqueue_recommend(event)
+
+
 def process(job_id: str, options: JobOptions | None = None) -> None:
     """The FER stage of a job; `options` from its FerJob (None: a message from before they
-    travelled with it, read from the job row instead)."""
+    travelled with it, read from the job row instead). Its stages, timed and (when tracing)
+    spanned: claim (the job and its photo), decode, detect (faces; the job moves to classifying),
+    classify (model server and head, outages waited out), store (the faces; -> recommending),
+    publish (the event for the recommender)."""
     from moodtunes_fer.detection import ImageDecodeError, decode_grey, detect_faces
 
     s = get_settings()
-    claimed = jobs.claim(job_id)  # -> detecting, with the photo, in one statement
+    with observability.stage(SERVICE, "claim"):
+        claimed = jobs.claim(job_id)  # -> detecting, with the photo, in one statement
     if claimed is None:
         republish(job_id, options)
         return
@@ -182,27 +225,33 @@ def process(job_id: str, options: JobOptions | None = None) -> None:
     if claimed["image"] is None:
         raise JobFailed("image_missing", "the uploaded image is no longer available; submit it again")
     try:
-        grey = decode_grey(claimed["image"], s.max_image_pixels)
+        with observability.stage(SERVICE, "decode"):
+            grey = decode_grey(claimed["image"], s.max_image_pixels)
     except ImageDecodeError as exc:
         raise JobFailed(exc.code, str(exc)) from exc
-    boxes = detect_faces(grey, s.min_face_px)
-    if not boxes:
-        raise JobFailed(
-            "no_face",
-            "No face was found in the photo. Use a well-lit photo with the "
-            "face looking at the camera, not too small in the frame.",
-        )
-    if not jobs.transition(job_id, (jobs.DETECTING,), jobs.CLASSIFYING):
+    with observability.stage(SERVICE, "detect"):
+        boxes = detect_faces(grey, s.min_face_px)
+        if not boxes:
+            raise JobFailed(
+                "no_face",
+                "No face was found in the photo. Use a well-lit photo with the "
+                "face looking at the camera, not too small in the frame.",
+            )
+        moved_on = not jobs.transition(job_id, (jobs.DETECTING,), jobs.CLASSIFYING)
+    if moved_on:
         log.info("job %s moved on while detecting (another delivery, or failed): stopped", job_id)
         return
-    faces, model = classify_waiting(job_id, grey, boxes)
-    if options is None:
-        options = options_from_row(jobs.get(job_id, retry=True))
-    chosen = 0  # the largest face
-    if jobs.transition(
-        job_id, (jobs.CLASSIFYING,), jobs.RECOMMENDING, faces=faces, chosen_face=chosen, model=model
-    ):
-        enqueue_recommend(emotion_event(job_id, faces, chosen, model, options))
+    with observability.stage(SERVICE, "classify"):
+        faces, model = classify_waiting(job_id, grey, boxes)
+    with observability.stage(SERVICE, "store"):
+        if options is None:
+            options = options_from_row(jobs.get(job_id, retry=True))
+        chosen = 0  # the largest face
+        stored = jobs.transition(
+            job_id, (jobs.CLASSIFYING,), jobs.RECOMMENDING, faces=faces, chosen_face=chosen, model=model
+        )
+    if stored:
+        publish(emotion_event(job_id, faces, chosen, model, options))
 
 
 @app.task(name=FER_TASK, acks_late=True)
@@ -213,9 +262,11 @@ def process_job(payload: dict) -> None:
         process(job_id, message.options if message.HasField("options") else None)
     except JobFailed as exc:
         jobs.fail(job_id, exc.code, exc.message)
+        observability.task_outcome("failed", exc.code)
         log.info("job %s failed: %s", job_id, exc.code)
     except Exception as exc:
         if transient(exc):  # waited out as long as allowed: the reconciler sends the job again
+            observability.task_outcome("deferred", _outage_code(exc))
             log.warning("job %s left unfinished for the reconciler: %s: %s", job_id, type(exc).__name__, exc)
             try:
                 jobs.heartbeat(job_id, f"{_outage_code(exc)}: {exc}")
@@ -224,6 +275,7 @@ def process_job(payload: dict) -> None:
             return
         code = "model_unavailable" if isinstance(exc, ModelServerError) else "internal_error"
         jobs.fail(job_id, code, f"emotion recognition failed: {exc}")
+        observability.task_outcome("failed", code)
         log.exception("job %s failed", job_id)
 
 
@@ -231,3 +283,13 @@ def _outage_code(exc: BaseException) -> str:
     if isinstance(exc, DB_ERRORS):
         return "database_unavailable"
     return "queue_unavailable" if isinstance(exc, BROKER_ERRORS) else "model_unavailable"
+
+
+def _trace_model_calls() -> None:
+    """Where tracing is on: the Predict calls' spans, and their context sent to the model server."""
+    from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient
+
+    GrpcInstrumentorClient().instrument()
+
+
+observability.instrument_worker(SERVICE, [FER_TASK], tracing_instrumentors=[_trace_model_calls])

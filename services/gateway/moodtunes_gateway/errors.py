@@ -1,4 +1,5 @@
-"""Every error leaves the API as JSON {"error": {"code", "message", "details"}} with a 4xx/5xx status."""
+"""Every error leaves the API as JSON {"error": {"code", "message", "details"}} with a 4xx/5xx status,
+and is counted by its code (moodtunes_gateway_rejections_total{code}, on the app's /metrics)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,19 @@ class APIError(Exception):
         )
 
 
+def count_rejection(app, code: str) -> None:
+    """One more error answer with `code` on `app`'s rejection counter (observability.instrument
+    puts it on the app; an app without one counts nothing)."""
+    counter = getattr(getattr(app, "state", None), "rejections", None)
+    if counter is not None:
+        counter.labels(code).inc()
+
+
+def error_response(request: Request, status: int, code: str, message: str, details=None, headers=None):
+    count_rejection(request.app, code)
+    return JSONResponse(error_body(code, message, details), status, headers=headers)
+
+
 def error_body(code: str, message: str, details=None) -> dict:
     body = {"code": code, "message": message}
     if details is not None:
@@ -38,6 +52,7 @@ FIELD_CODES = {
     "min_popularity": "invalid_filter",
     "exclude_explicit": "invalid_filter",
     "diversity": "invalid_diversity",
+    "drive": "invalid_drive",
     "track_id": "invalid_feedback",
     "liked": "invalid_feedback",
 }
@@ -45,11 +60,11 @@ FIELD_CODES = {
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def api_error(_: Request, exc: APIError):
-        return JSONResponse(error_body(exc.code, exc.message, exc.details), exc.status, headers=exc.headers)
+    async def api_error(request: Request, exc: APIError):
+        return error_response(request, exc.status, exc.code, exc.message, exc.details, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError):
+    async def validation_error(request: Request, exc: RequestValidationError):
         errors = [
             {"field": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]), "message": e["msg"]}
             for e in exc.errors()
@@ -57,20 +72,22 @@ def install(app: FastAPI) -> None:
         fields = [e["field"].split(".")[0] for e in errors]
         code = next((FIELD_CODES[f] for f in fields if f in FIELD_CODES), "invalid_request")
         message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        return JSONResponse(error_body(code, message, errors), 422)
+        return error_response(request, 422, code, message, errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException):
+    async def http_error(request: Request, exc: StarletteHTTPException):
         codes = {404: "not_found", 405: "method_not_allowed", 413: "file_too_large"}
-        return JSONResponse(
-            error_body(codes.get(exc.status_code, "http_error"), str(exc.detail)),
+        return error_response(
+            request,
             exc.status_code,
+            codes.get(exc.status_code, "http_error"),
+            str(exc.detail),
             headers=getattr(exc, "headers", None),
         )
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception):
+    async def unexpected(request: Request, exc: Exception):
         import logging
 
         logging.getLogger("moodtunes.gateway").exception("unhandled error")
-        return JSONResponse(error_body("internal_error", "unexpected server error"), 500)
+        return error_response(request, 500, "internal_error", "unexpected server error")

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from pathlib import Path
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -74,7 +74,7 @@ def document_optional_api_key(app: FastAPI) -> None:
 
 def create_app() -> FastAPI:
     """Raises (so the server does not start) in production without SESSION_SECRET."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    observability.setup_logging()
     settings = get_settings()
     # /docs and /redoc with Swagger UI / ReDoc served by the app itself (fastapi-offline ships them),
     # not from a CDN, so the API docs work on a machine without internet.
@@ -88,6 +88,9 @@ def create_app() -> FastAPI:
             "its first job, a program by its API key (`Authorization: Bearer mt_...`)."
         ),
     )
+    # With TRACING set, requests are spans: instrumented before the security headers go around the
+    # stack, since the instrumentation rebuilds Starlette's own stack (it expects its error middleware)
+    observability.setup_tracing(app)
     wrap_in_security_headers(app)
     app.state.sessions = Sessions(settings)
     app.state.queue_depth = QueueDepth()
@@ -103,7 +106,7 @@ def create_app() -> FastAPI:
         max_age=600,
     )
     app.include_router(health.router)
-    app.include_router(jobs.router)
+    app.include_router(jobs.router, dependencies=[Depends(observability.bind_path_job_id)])
     document_optional_api_key(app)
     observability.instrument(app)
 

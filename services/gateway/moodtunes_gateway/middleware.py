@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from moodtunes.config import get_settings
-from moodtunes_gateway.errors import error_body
+from moodtunes_gateway.errors import count_rejection, error_body
 
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries, part headers and the small form fields
 OTHER_BODY_BYTES = 64 * 1024  # every other request body (feedback JSON) is tiny
@@ -64,6 +64,7 @@ class BodyLimitMiddleware:
         limit = body_limit(scope)
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
+            count_rejection(scope.get("app"), "file_too_large")
             for message in too_large_response(limit, close=False):
                 await send(message)
             return
@@ -93,6 +94,7 @@ class BodyLimitMiddleware:
         except BodyTooLarge:  # read outside a route (no handler turned it into a response)
             if started:
                 raise
+            count_rejection(scope.get("app"), "file_too_large")
             for message in too_large_response(limit, close=True):
                 await send(message)
 

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from moodtunes.group import DRIVES
 from moodtunes.jobs import STATUSES
 from moodtunes.results import Face, FaceBox, Filters, ModelRef, Recommendation, Track
 
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 Status = Literal[STATUSES]
+Drive = Literal[DRIVES]
 
 
 class ErrorInfo(BaseModel):
@@ -57,6 +59,7 @@ class Job(BaseModel):
     limit: int
     filters: Filters | None = None
     diversity: float | None = None
+    drive: Drive = "face"
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None

@@ -25,6 +25,7 @@ import numpy as np
 
 from .config import BatchingOptions
 from .errors import ServingError
+from .monitoring import BATCH_SIZE
 
 log = logging.getLogger("moodtunes_model_server.batching")
 
@@ -69,8 +70,9 @@ class _Queue:
 class BatchScheduler:
     """Shared scheduler: one queue per key, a fixed pool of batch threads over all queues."""
 
-    def __init__(self, options: BatchingOptions):
+    def __init__(self, options: BatchingOptions, model: str = ""):
         self.options = options
+        self._batch_sizes = BATCH_SIZE.labels(model)  # moodtunes_model_server_batch_size{model}
         self._cond = threading.Condition()
         self._queues: dict[Hashable, _Queue] = {}
         self._stopping = False
@@ -195,6 +197,7 @@ class BatchScheduler:
         with self._cond:
             self.batch_size_counts[rows] += 1
             self.batches_executed += 1
+        self._batch_sizes.observe(rows)
         log.debug(
             "batch executed queue=%s rows=%d tasks=%d ms=%.1f",
             queue.label,

@@ -4,7 +4,12 @@ One model, its newest version, Predict over gRPC, optional batching. Flags keep
 tensorflow_model_server's names and meanings:
 
     moodtunes-model-server --port=8500 --model_name=fer_vgg16 --model_base_path=models/fer_vgg16 \\
-        --enable_batching=true --batching_parameters_file=deploy/tfserving/batching.config
+        --enable_batching=true --batching_parameters_file=deploy/tfserving/batching.config \\
+        --rest_api_port=8501 --monitoring_config_file=deploy/tfserving/monitoring.config
+
+Prometheus metrics as TF Serving exposes its own (monitoring.py): on --rest_api_port, at the path
+the --monitoring_config_file names. TRACING=console|otlp (as the moodtunes services read it) traces
+the Predict calls, continuing the trace a client's gRPC metadata carries.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import threading
 from concurrent import futures
 
 from .config import BatchingOptions, ConfigError, load_batching_parameters
+from .monitoring import PrometheusOptions, load_monitoring_config
 
 log = logging.getLogger("moodtunes_model_server")
 
@@ -83,6 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads handling gRPC calls; with batching, bounds how many requests can wait in a batch",
     )
     p.add_argument(
+        "--rest_api_port",
+        type=int,
+        default=0,
+        help="HTTP port of the Prometheus metrics (this stand-in has no REST API); 0 (default) serves "
+        "nothing. As in TF Serving, --monitoring_config_file must enable prometheus_config",
+    )
+    p.add_argument(
+        "--monitoring_config_file",
+        default="",
+        help="MonitoringConfig text proto: prometheus_config { enable: true path: '...' } "
+        "(default path /monitoring/prometheus/metrics)",
+    )
+    p.add_argument(
         "--log_level",
         default="INFO",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -111,6 +130,49 @@ def setup_logging(level: str) -> None:
     root.propagate = False
 
 
+def resolve_monitoring(args: argparse.Namespace) -> PrometheusOptions:
+    """The metrics endpoint the flags ask for (enable False: none)."""
+    if args.rest_api_port < 0:
+        raise ConfigError("--rest_api_port must be >= 0")
+    monitoring = (
+        load_monitoring_config(args.monitoring_config_file)
+        if args.monitoring_config_file
+        else PrometheusOptions()
+    )
+    if monitoring.enable and not args.rest_api_port:
+        log.warning("prometheus_config is enabled but --rest_api_port is 0: metrics are not served")
+    return monitoring
+
+
+def setup_tracing() -> bool:
+    """With TRACING=console or otlp: a span for every Predict call, child of the caller's span when
+    its metadata carries one (the FER worker's gRPC client sends it). Before the gRPC server is made."""
+    setting = os.environ.get("TRACING", "").strip().lower()
+    if setting in ("", "none", "off"):
+        return False
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.grpc import GrpcInstrumentorServer
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    if setting == "console":
+        exporter = ConsoleSpanExporter(
+            out=sys.stderr, formatter=lambda span: span.to_json(indent=None) + "\n"
+        )
+    elif setting == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    else:
+        raise ConfigError(f"TRACING must be console or otlp (or empty), not {setting!r}")
+    provider = TracerProvider(resource=Resource.create({"service.name": "moodtunes-model-server"}))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    GrpcInstrumentorServer().instrument(tracer_provider=provider)
+    return True
+
+
 def resolve_config(args: argparse.Namespace) -> BatchingOptions | None:
     """Checks the flags and reads the batching options: everything that can be checked without TF."""
     if not args.model_base_path:
@@ -134,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         batching = resolve_config(args)
+        monitoring = resolve_monitoring(args)
+        tracing = setup_tracing()
     except ConfigError as exc:
         log.error("Invalid configuration: %s", exc)
         return 2
@@ -166,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     if stop.is_set():
         return 0
 
-    scheduler = BatchScheduler(batching) if batching else None
+    scheduler = BatchScheduler(batching, model=manager.name) if batching else None
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=args.grpc_max_threads, thread_name_prefix="grpc"),
         options=[
@@ -191,6 +255,22 @@ def main(argv: list[str] | None = None) -> int:
             f" ({cause})" if cause else "",
         )
         return 1
+    metrics_server = None
+    if monitoring.enable and args.rest_api_port:
+        from .monitoring import serve
+
+        try:
+            metrics_server = serve(args.rest_api_port, args.bind_address, monitoring.path)
+        except OSError as exc:
+            log.error("Failed to start server: cannot serve metrics on port %d (%s)", args.rest_api_port, exc)
+            return 1
+        # TF Serving's words for its HTTP port; testing.run_server reads the port from this line
+        log.info(
+            "Exporting HTTP/REST API at:%s:%d ... metrics at %s",
+            args.bind_address,
+            metrics_server.server_port,
+            monitoring.path,
+        )
     server.start()
     manager.start_polling()
 
@@ -202,11 +282,21 @@ def main(argv: list[str] | None = None) -> int:
         if batching
         else "batching off"
     )
-    log.info("%s %s:%d ... models: %s; %s", READY_MESSAGE, args.bind_address, port, served, batching_text)
+    log.info(
+        "%s %s:%d ... models: %s; %s%s",
+        READY_MESSAGE,
+        args.bind_address,
+        port,
+        served,
+        batching_text,
+        "; tracing on" if tracing else "",
+    )
 
     while not stop.wait(0.5):
         pass
     server.stop(grace=5).wait()
+    if metrics_server is not None:
+        metrics_server.shutdown()
     if scheduler is not None:
         scheduler.shutdown()
     manager.stop()

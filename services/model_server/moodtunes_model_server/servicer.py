@@ -7,6 +7,7 @@ the same answers. The other RPCs answer UNIMPLEMENTED (the generated base class 
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import TimeoutError as FutureTimeout
 
 import grpc
@@ -19,21 +20,28 @@ from moodtunes_tfserving.tensors import DataType, dtype_name, make_ndarray, writ
 from .batching import BatchScheduler
 from .errors import ServingError
 from .models import DEFAULT_SIGNATURE, ModelManager, Servable
+from .monitoring import BATCH_SIZE, REQUEST_DURATION, REQUESTS
 
 log = logging.getLogger("moodtunes_model_server.servicer")
 
 
-def _abort_on_error(context: grpc.ServicerContext, fn, *args):
-    """Runs a handler body; every failure becomes a gRPC status, never a dead server thread."""
+def _abort_on_error(context: grpc.ServicerContext, fn, *args, on_status=None):
+    """Runs a handler body; every failure becomes a gRPC status, never a dead server thread.
+    `on_status(code)` hears how the call ends."""
+    code, message = grpc.StatusCode.OK, ""
     try:
         return fn(*args)
     except ServingError as exc:
-        context.abort(exc.code, exc.message)
+        code, message = exc.code, exc.message
     except tf.errors.OpError as exc:  # TF error codes are the canonical gRPC codes
-        context.abort(_status_code(exc.error_code), exc.message)
+        code, message = _status_code(exc.error_code), exc.message
     except Exception as exc:
         log.exception("internal error")
-        context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        code, message = grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+    finally:
+        if on_status is not None:
+            on_status(code)
+    context.abort(code, message)
 
 
 def _status_code(value: int) -> grpc.StatusCode:
@@ -129,7 +137,15 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.scheduler = scheduler
 
     def Predict(self, request, context):
-        return _abort_on_error(context, self._predict, request, context)
+        # Metrics name the served model; any other name a client asks for is "unknown" (no label per typo)
+        model = request.model_spec.name if request.model_spec.name == self.models.name else "unknown"
+        started = time.perf_counter()
+
+        def count(code: grpc.StatusCode) -> None:
+            REQUESTS.labels(model, code.name).inc()
+            REQUEST_DURATION.labels(model).observe(time.perf_counter() - started)
+
+        return _abort_on_error(context, self._predict, request, context, on_status=count)
 
     def _predict(self, request, context):
         if not request.HasField("model_spec"):
@@ -146,6 +162,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         aliases = _output_aliases(signature.definition, request)
         if self.scheduler is None:
             outputs = signature.run(inputs)
+            rows = next((v.shape[0] for v in inputs.values() if v.ndim), 1)  # one execution, its rows
+            BATCH_SIZE.labels(servable.model).observe(rows)
         else:
             key = (
                 servable.model,

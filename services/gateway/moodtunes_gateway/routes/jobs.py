@@ -25,16 +25,18 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
-from moodtunes import jobs, modes
+from moodtunes import jobs, modes, observability
 from moodtunes.config import get_settings
 from moodtunes.events import job_options
+from moodtunes.group import DEFAULT_DRIVE
+from moodtunes.images import FORMATS as IMAGE_FORMATS
 from moodtunes.queue import enqueue_fer
 from moodtunes.results import Filters
 from moodtunes_gateway import backends, guards
 from moodtunes_gateway.errors import APIError
 from moodtunes_gateway.identity import Owner, client_ip, current_owner, owner_or_new_session
 from moodtunes_gateway.images import check_image
-from moodtunes_gateway.schemas import Job, JobAccepted
+from moodtunes_gateway.schemas import Drive, Job, JobAccepted
 
 log = logging.getLogger("moodtunes.gateway")
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -93,6 +95,12 @@ def create_job(
     diversity: Annotated[
         float | None, Form(ge=0, le=1, description="0 nearest only .. 1 most varied")
     ] = None,
+    drive: Annotated[
+        Drive,
+        Form(
+            description="face: the largest face drives the music; group: every face, weighted by confidence"
+        ),
+    ] = DEFAULT_DRIVE,
 ):
     """A photo in, a queued job out (202). Without an API key or a session the caller gets a
     session cookie here: send it back to poll the job and rate its tracks."""
@@ -112,6 +120,7 @@ def create_job(
         JOBS_REJECTED.labels(exc.code).inc()
         raise
     job_id = jobs.new_job_id()
+    observability.bind_job_id(job_id)  # this request's log lines and span name the job from here on
     try:
         created = jobs.create(
             job_id,
@@ -124,6 +133,7 @@ def create_job(
             filters=filters,
             client_key=owner.key,
             diversity=diversity,
+            drive=drive,
         )
     except psycopg.OperationalError as exc:
         raise backends.database_unavailable(exc) from exc
@@ -132,7 +142,12 @@ def create_job(
             job_id,
             app=backends.producer(),
             options=job_options(
-                mode=mode, limit=limit, filters=filters, diversity=diversity, client_key=owner.key
+                mode=mode,
+                limit=limit,
+                filters=filters,
+                diversity=diversity,
+                client_key=owner.key,
+                drive=drive,
             ),
         )
     except Exception as exc:  # broker down: the job must not sit in 'queued' forever
@@ -150,6 +165,7 @@ def create_job(
     if owner.new_session:
         request.app.state.sessions.set_cookie(response, owner.new_session)
     JOBS_CREATED.labels(mode).inc()
+    log.info("job %s queued: mode %s, limit %d, %d bytes", job_id, mode, limit, len(data))
     url = str(request.url_for("get_job", job_id=job_id).path)
     response.headers["Location"] = url
     return JobAccepted(id=job_id, status=created["status"], status_url=url, created_at=created["created_at"])
@@ -180,6 +196,7 @@ def job_view(row: dict) -> dict:
         "limit": row["track_limit"],
         "filters": row["filters"],
         "diversity": row["diversity"],
+        "drive": row["drive"],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
         "started_at": row["started_at"],
@@ -284,7 +301,9 @@ def post_feedback(
 
 @router.get("/modes", tags=["modes"])
 def list_modes():
-    """The recommendation modes and job options this deployment offers."""
+    """The recommendation modes and job options this deployment offers, and the upload limits (the
+    web page checks a photo's type and size against them before sending it)."""
+    s = get_settings()
     return {
         "modes": modes.describe(),
         "filters": {
@@ -296,4 +315,10 @@ def list_modes():
         },
         "diversity": {"default": modes.config()["playlist"]["diversity"], "min": 0, "max": 1},
         "limit": {"default": 10, "min": 1, "max": 50},
+        "upload": {
+            "max_bytes": s.max_upload_bytes,
+            "max_pixels": s.max_image_pixels,
+            "max_side": s.max_image_side,
+            "formats": list(dict.fromkeys(IMAGE_FORMATS.values())),
+        },
     }

@@ -17,6 +17,25 @@ const STAGE_TEXT = {
 const TEMPO_SCALE = 244; // BPM that maps to 1.0, as in the recommender's feature space
 const POLL_TIMEOUT_MS = 200_000;
 
+// What likes and dislikes do, in one place: the recommender leaves a song this listener (this
+// browser's session) disliked out of later playlists in the same mode, and the latest opinion on a
+// song wins. Likes are stored but do not change any playlist yet. Update this when that changes.
+const FEEDBACK_COPY = {
+  note: "Dislike a song and it won't be suggested to you again in this mode (on this browser). "
+    + "Likes are saved, but they don't change your playlists yet. Changed your mind? Press the other button.",
+  liked: "Thanks! Liked. Saved (likes don't change your playlists yet).",
+  disliked: (mode) => `Got it: we won't suggest this song to you again in “${modeTitle(mode)}”.`,
+  excluded: (n) => `${n} song${n === 1 ? "" : "s"} you disliked left out`,
+};
+
+// Photo files the page checks before sending: the server's list (GET /v1/modes `upload`) wins; this
+// is the documented one, for an older server. Sizes are only checked when the server states them.
+const DEFAULT_FORMATS = ["image/jpeg", "image/png", "image/webp", "image/tiff"];
+const FORMAT_NAME = { "image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WebP", "image/tiff": "TIFF",
+  "image/gif": "GIF", "image/bmp": "BMP", "image/heic": "HEIC (iPhone)", "image/avif": "AVIF", "image/svg+xml": "SVG" };
+const BROWSER_DECODES = new Set(["image/jpeg", "image/png", "image/webp"]); // a failed preview = a damaged file
+const MIN_PHOTO_PX = 240; // small photos are shown at least this big (longer side), never at 20 px
+
 // Short, friendly copy for the modes we know; the server's list decides which ones exist.
 const MODE_COPY = {
   match: { title: "Match my mood", text: "Music that mirrors how you feel right now." },
@@ -47,8 +66,8 @@ const ERRORS = {
   empty_file: { title: "That file is empty", help: "Choose a photo that opens on your device; this one has no content (0 bytes)." },
   invalid_image: { title: "We couldn't read that file as a photo", help: "Choose a JPEG, PNG or WebP photo. If it came from a chat app or the web, save it as a photo first, or take a screenshot of it." },
   unsupported_image_format: { title: "That kind of file isn't supported", help: "Use a JPEG, PNG or WebP photo. iPhone photos (HEIC): share them as “Most Compatible”, or take a screenshot." },
-  file_too_large: { title: "That photo is too big", help: "The limit is 10 MB. Use the button below to shrink it here in your browser, or choose a smaller photo.", ...SHRINK },
-  image_too_many_pixels: { title: "That photo has too many pixels", help: "Use the button below to shrink it here in your browser, or choose a smaller photo.", ...SHRINK },
+  file_too_large: { title: "That photo is too big", ...SHRINK, help: (i) => `${i.size ? `It is ${fmtBytes(i.size)}` : "It is over the limit"}${state.upload.maxBytes ? `; the limit is ${fmtLimit(state.upload.maxBytes)}` : ""}.${i.local ? " Nothing has been sent." : ""} Use the button below to shrink it here in your browser, or choose a smaller photo.` },
+  image_too_many_pixels: { title: "That photo has too many pixels", ...SHRINK, help: (i) => `${i.local && i.width ? `It is ${i.width} × ${i.height} pixels. Nothing has been sent. ` : ""}Use the button below to shrink it here in your browser, or choose a smaller photo.` },
   no_face: { title: "We couldn't find a face in that photo", help: "Use a photo where a face is clearly visible: facing the camera, in good light, not too small or cut off." },
   invalid_mode: { title: "This server doesn't offer that mode", help: "Choose another option under “What should the music do?” and try again." },
   invalid_limit: { title: "Number of songs must be between 1 and 50", help: "Open “Filters and playlist length” and change the number of songs." },
@@ -81,6 +100,11 @@ const state = {
   stream: null, // camera MediaStream
   job: null,
   modes: FALLBACK_MODES,
+  upload: { maxBytes: null, maxPixels: null, maxSide: null, formats: DEFAULT_FORMATS },
+  pick: 0, // bumps on each chosen file, so an older file check is dropped
+  checking: null, // Promise of the current file check (submit waits for it)
+  tooBig: null, // the chosen file's size or pixel problem, found before sending
+  tagObserver: null, // re-places the face tags when the photo is resized
 };
 
 const prefersReducedMotion = () => window.matchMedia("(prefers-reduced-motion: reduce)").matches;
@@ -99,6 +123,7 @@ const el = (tag, attrs = {}, ...children) => {
 };
 const pct = (p, digits = 1) => `${(p * 100).toFixed(digits)}%`;
 const fmtBytes = (n) => (n < 1024 * 1024 ? `${Math.max(1, Math.round(n / 1024))} KB` : `${(n / 1048576).toFixed(1)} MB`);
+const fmtLimit = (n) => (n % 1048576 === 0 ? `${n / 1048576} MB` : fmtBytes(n));
 const emotionLabel = (e) => EMOTION_LABEL[e] || (e ? e[0].toUpperCase() + e.slice(1) : "Unknown");
 const modeTitle = (m) => MODE_COPY[m]?.title || m;
 
@@ -122,6 +147,16 @@ async function loadModes() {
 }
 
 function applyOptions(body) {
+  // Upload limits: the page refuses what the server would refuse, before sending anything.
+  const up = body.upload;
+  if (up && typeof up === "object") {
+    const num = (v) => (Number.isFinite(v) && v > 0 ? v : null);
+    state.upload.maxBytes = num(up.max_bytes);
+    state.upload.maxPixels = num(up.max_pixels);
+    state.upload.maxSide = num(up.max_side);
+    if (Array.isArray(up.formats) && up.formats.length) state.upload.formats = up.formats.map(String);
+    if (state.upload.maxBytes) $("#drop-limit").textContent = `, up to ${fmtLimit(state.upload.maxBytes)}`;
+  }
   // Playlist length bounds and the variety (diversity) slider, when the server describes them.
   const limit = body.limit;
   if (limit && typeof limit === "object") {
@@ -209,24 +244,111 @@ function collectForm() {
 
 // ───────────────────────── choosing a photo ─────────────────────────
 
+async function sniff(file) {
+  // The file's real type from its first bytes (its name and the browser's guess can lie).
+  const b = new Uint8Array(await file.slice(0, 32).arrayBuffer());
+  const at = (i, ...xs) => xs.every((x, k) => b[i + k] === x);
+  const ascii = (i, n) => String.fromCharCode(...b.slice(i, i + n));
+  if (at(0, 0xff, 0xd8, 0xff)) return "image/jpeg";
+  if (at(0, 0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a)) return "image/png";
+  if (ascii(0, 4) === "RIFF" && ascii(8, 4) === "WEBP") return "image/webp";
+  if (at(0, 0x49, 0x49, 0x2a, 0x00) || at(0, 0x4d, 0x4d, 0x00, 0x2a)) return "image/tiff";
+  if (ascii(0, 4) === "GIF8") return "image/gif";
+  if (ascii(0, 2) === "BM" && b.length >= 26) return "image/bmp";
+  if (ascii(4, 4) === "ftyp") {
+    const brand = ascii(8, 4);
+    if (/^(heic|heix|hevc|heim|heis|mif1|msf1)$/.test(brand)) return "image/heic";
+    if (/^avi[fs]$/.test(brand)) return "image/avif";
+  }
+  if (/^\s*<(\?xml|svg)/i.test(ascii(0, 32)) && file.type === "image/svg+xml") return "image/svg+xml";
+  return null;
+}
+
+async function checkFile(file) {
+  // -> {problem} for a file the server would refuse whatever its size, else {kind}.
+  if (!file.size) return { problem: { code: "empty_file", local: true } };
+  let kind = null;
+  try { kind = await sniff(file); } catch { return { problem: { code: "invalid_image", local: true, message: "This browser couldn't read the file." } }; }
+  const name = file.name ? `“${file.name}”` : "This file";
+  if (!kind) return { problem: { code: "invalid_image", local: true, message: `${name} isn't a photo (checked here in your browser: nothing was sent).` } };
+  if (!state.upload.formats.includes(kind)) {
+    return { problem: { code: "unsupported_image_format", local: true, message: `${name} is a ${FORMAT_NAME[kind] || kind} image (checked here in your browser: nothing was sent).` } };
+  }
+  return { kind };
+}
+
+function sizeProblem(file, width, height) {
+  const { maxBytes, maxPixels, maxSide } = state.upload;
+  if (maxBytes && file.size > maxBytes) return { code: "file_too_large", size: file.size, local: true };
+  if (width && ((maxPixels && width * height > maxPixels) || (maxSide && Math.max(width, height) > maxSide))) {
+    return { code: "image_too_many_pixels", width, height, local: true };
+  }
+  return null;
+}
+
+function chooseFile(file) {
+  // Every way in (picker, drop, paste, camera, shrink) comes here: the file is checked in the
+  // browser first; a file the server would refuse is never sent, nor shown as a broken picture.
+  const pick = ++state.pick;
+  hideError();
+  state.checking = (async () => {
+    const { problem, kind } = await checkFile(file);
+    if (pick !== state.pick) return false;
+    if (problem) {
+      setFile(null);
+      showError(problem, { focus: true });
+      return false;
+    }
+    setFile(file);
+    let width = 0, height = 0;
+    const img = $("#preview-img");
+    try {
+      await img.decode();
+      width = img.naturalWidth; height = img.naturalHeight;
+    } catch {
+      if (pick !== state.pick) return false;
+      if (BROWSER_DECODES.has(kind)) { // every browser shows these: a failure means a damaged file
+        setFile(null);
+        showError({ code: "invalid_image", local: true, message: `${file.name ? `“${file.name}”` : "This file"} looks like a ${FORMAT_NAME[kind]} photo but is damaged or incomplete (checked here in your browser: nothing was sent).` }, { focus: true });
+        return false;
+      }
+      noThumb(kind);
+    }
+    if (pick !== state.pick) return false;
+    $("#preview").classList.toggle("is-tiny", Boolean(width) && Math.max(width, height) < MIN_PHOTO_PX / 2);
+    $("#preview").hidden = false;
+    state.tooBig = sizeProblem(file, width, height);
+    if (state.tooBig) { showError(state.tooBig, { focus: true }); return false; }
+    return true;
+  })();
+  const checking = state.checking;
+  checking.then(() => { if (state.checking === checking) state.checking = null; });
+  return checking;
+}
+
+function noThumb(kind) {
+  $("#preview").classList.add("no-thumb");
+  $("#preview-none").textContent = `No preview: this browser can't show ${FORMAT_NAME[kind] || "this kind of"} images. The server can still read it.`;
+}
+
 function setFile(file) {
   if (state.fileUrl) URL.revokeObjectURL(state.fileUrl);
   state.file = file;
   state.fileUrl = file ? URL.createObjectURL(file) : null;
+  state.tooBig = null;
   const preview = $("#preview");
   const img = $("#preview-img");
+  preview.hidden = true; // shown once the picture is decoded (chooseFile): no broken-image flash
+  preview.classList.remove("no-thumb", "is-tiny");
   if (!file) {
-    preview.hidden = true;
+    state.pick++;
     img.removeAttribute("src");
     showPanes(true);
     return;
   }
-  preview.classList.remove("no-thumb");
   img.src = state.fileUrl;
   $("#preview-name").textContent = `${file.name || "photo"} · ${fmtBytes(file.size)}`;
-  preview.hidden = false;
   showPanes(false);
-  hideError();
 }
 
 function showPanes(show) {
@@ -238,7 +360,7 @@ function showPanes(show) {
 function setupUpload() {
   const input = $("#photo-input");
   const zone = $("#drop-zone");
-  input.addEventListener("change", () => { if (input.files[0]) setFile(input.files[0]); input.value = ""; });
+  input.addEventListener("change", () => { if (input.files[0]) chooseFile(input.files[0]); input.value = ""; });
   for (const ev of ["dragenter", "dragover"]) {
     zone.addEventListener(ev, (e) => { e.preventDefault(); zone.classList.add("dragging"); });
   }
@@ -247,7 +369,7 @@ function setupUpload() {
     e.preventDefault();
     zone.classList.remove("dragging");
     const file = e.dataTransfer?.files?.[0];
-    if (file) setFile(file);
+    if (file) chooseFile(file);
   });
   // Don't let a photo dropped next to the box navigate away from the page.
   window.addEventListener("dragover", (e) => e.preventDefault());
@@ -255,14 +377,11 @@ function setupUpload() {
   // Paste an image from the clipboard (Ctrl/Cmd+V) anywhere on the page.
   document.addEventListener("paste", (e) => {
     const file = [...(e.clipboardData?.files || [])].find((f) => f.type.startsWith("image/"));
-    if (file) { e.preventDefault(); setFile(new File([file], file.name || "pasted-photo.png", { type: file.type })); }
+    if (file) { e.preventDefault(); chooseFile(new File([file], file.name || "pasted-photo.png", { type: file.type })); }
   });
-  $("#preview-img").addEventListener("error", () => {
-    if (state.file) { $("#preview").classList.add("no-thumb"); $("#preview-img").alt = "No preview: this browser can't show this file"; }
-  });
-  $("#preview-img").addEventListener("load", () => { $("#preview-img").alt = "The photo you chose"; });
   $("#preview-clear").addEventListener("click", () => {
     setFile(null);
+    hideError();
     const tab = $('[role="tab"][aria-selected="true"]');
     (tab.id === "tab-camera" ? $("#camera-start") : $("#photo-input")).focus();
   });
@@ -355,7 +474,7 @@ async function capture() {
   const blob = await new Promise((r) => canvas.toBlob(r, "image/jpeg", 0.92));
   stopCamera();
   cameraMessage("Photo taken. Press “Find my music”, or “Change photo” to take another.");
-  setFile(new File([blob], "camera-photo.jpg", { type: "image/jpeg" }));
+  await chooseFile(new File([blob], "camera-photo.jpg", { type: "image/jpeg" }));
   $("#submit").focus();
 }
 
@@ -398,6 +517,7 @@ function setStage(status, note = "") {
 
 function validate(form) {
   if (!state.file) return { code: "missing_image" };
+  if (state.tooBig) return state.tooBig;
   if (!Number.isInteger(form.limit) || form.limit < 1 || form.limit > 50) return { code: "invalid_limit" };
   const { year_min: a, year_max: b } = form.filters;
   if (a && b && Number(a) > Number(b)) return { code: "invalid_filters" };
@@ -406,6 +526,8 @@ function validate(form) {
 
 async function submit() {
   stopCamera();
+  // A file still being checked: wait; if it is refused, its message is what the user needs to see.
+  if (state.checking && !(await state.checking) && !state.file) return;
   const form = collectForm();
   const problem = validate(form);
   if (problem) { showError(problem, { focus: true }); return; }
@@ -500,18 +622,19 @@ async function poll(id, token) {
 function showError(info, { focus = false } = {}) {
   const code = info?.code || "internal_error";
   const copy = ERRORS[code] || { ...GENERIC_ERROR, help: info?.message ? `${info.message} Please try again.` : GENERIC_ERROR.help };
-  const help = typeof copy.help === "function" ? copy.help(info || {}) : copy.help;
+  let help = typeof copy.help === "function" ? copy.help(info || {}) : copy.help;
+  if (info?.local && info.message) help = `${info.message} ${help}`; // found here: say exactly what
   const box = $("#error");
   box.dataset.code = code;
   $("#error-title").textContent = copy.title;
   $("#error-help").textContent = help;
-  $("#error-code").textContent = info?.message ? `${code}: ${info.message}` : code;
+  $("#error-code").textContent = info?.message && !info.local ? `${code}: ${info.message}` : code;
   $("#error-retry").hidden = !(copy.retry && state.file);
   $("#error-shrink").hidden = !(copy.shrink && state.file);
   $("#intro").hidden = true;
   $("#results").hidden = true;
-  const pending = ["missing_image", "invalid_limit", "invalid_filters"].includes(code);
-  $("#progress").hidden = pending; // validation problems never reached the server
+  const pending = Boolean(info?.local) || ["missing_image", "invalid_limit", "invalid_filters"].includes(code);
+  $("#progress").hidden = pending; // problems found in the browser never reached the server
   if (!pending) setStage("failed", `Stopped: ${copy.title.toLowerCase()}.`);
   box.hidden = false;
   $("#submit").disabled = false;
@@ -538,9 +661,9 @@ async function shrinkAndRetry() {
     canvas.getContext("2d").drawImage(bitmap, 0, 0, w, h);
     const blob = await new Promise((r) => canvas.toBlob(r, "image/jpeg", 0.9));
     const name = (file.name || "photo").replace(/\.[^.]+$/, "") + "-small.jpg";
-    setFile(new File([blob], name, { type: "image/jpeg" }));
+    if (!(await chooseFile(new File([blob], name, { type: "image/jpeg" })))) return;
   } catch {
-    showError({ code: "invalid_image", message: "This browser couldn't shrink the photo." }, { focus: true });
+    showError({ code: "invalid_image", local: true, message: "This browser couldn't shrink the photo." }, { focus: true });
     return;
   }
   submit();
@@ -581,6 +704,11 @@ function renderPhoto(job) {
     // Boxes are in pixels of the upright (EXIF-rotated) image; percentages scale them to any displayed size.
     const W = job.image?.width || img.naturalWidth;
     const H = job.image?.height || img.naturalHeight;
+    // A small photo is scaled up (its longer side to MIN_PHOTO_PX), a tiny one with sharp pixels.
+    const k = W && H ? MIN_PHOTO_PX / Math.max(W, H) : 1;
+    img.style.width = k > 1 ? `${Math.round(W * k)}px` : "";
+    img.classList.toggle("is-small", k > 1);
+    img.classList.toggle("is-tiny", k >= 3);
     layer.replaceChildren(...faces.map((f, i) => {
       const b = f.box;
       const isChosen = i === chosen;
@@ -590,16 +718,67 @@ function renderPhoto(job) {
         class: `face-box${isChosen ? " is-chosen" : ""}`, "data-testid": "face-box", "data-chosen": String(isChosen),
         "aria-hidden": "true",
         style: `left:${(b.x / W) * 100}%;top:${(b.y / H) * 100}%;width:${(b.width / W) * 100}%;height:${(b.height / H) * 100}%`,
-      }, el("span", { class: `face-tag${b.y / H < 0.12 ? " below" : ""}${(b.x + b.width / 2) / W > 0.6 ? " end" : ""}`, text: tag }));
+      }, el("span", { class: "face-tag", "data-testid": "face-tag", text: tag }));
     }));
+    delete layer.dataset.tagsPlaced;
+    placeFaceTags();
   };
   if (job.image?.width && job.image?.height) place();
   else img.addEventListener("load", place, { once: true });
+  // The tags are placed in pixels: again whenever the photo's displayed size changes.
+  state.tagObserver?.disconnect();
+  state.tagObserver = new ResizeObserver(() => placeFaceTags());
+  state.tagObserver.observe(layer);
   const n = faces.length;
   $("#faces-caption").textContent = n <= 1
     ? `We found one face. It reads as ${emotionLabel(faces[0]?.emotion).toLowerCase()}.`
     : `We found ${n} faces. The highlighted one (face ${chosen + 1}) chose the music; the others are shown dashed. `
       + faces.map((f, i) => `Face ${i + 1}: ${emotionLabel(f.emotion).toLowerCase()} (${pct(f.confidence, 0)}).`).join(" ");
+}
+
+function placeFaceTags() {
+  // Each face's tag goes where it covers no other face box and no other tag, and stays on the
+  // photo: above or below its box, then beside it, then inside it; the chosen face's tag first.
+  const layer = $("#face-layer");
+  const fw = layer.clientWidth;
+  const fh = layer.clientHeight;
+  if (!fw || !fh) return;
+  const boxes = [...layer.querySelectorAll(".face-box")];
+  const rects = boxes.map((b) => ({ x: b.offsetLeft, y: b.offsetTop, w: b.offsetWidth, h: b.offsetHeight }));
+  const area = (a, b, m = 0) => Math.max(0, Math.min(a.x + a.w, b.x + b.w + m) - Math.max(a.x, b.x - m))
+    * Math.max(0, Math.min(a.y + a.h, b.y + b.h + m) - Math.max(a.y, b.y - m));
+  const placed = [];
+  const order = boxes.map((_, i) => i).sort((a, b) => (boxes[b].dataset.chosen === "true") - (boxes[a].dataset.chosen === "true"));
+  for (const i of order) {
+    const box = boxes[i];
+    const tag = box.querySelector(".face-tag");
+    const r = rects[i];
+    const w = tag.offsetWidth;
+    const h = tag.offsetHeight;
+    const g = 3;
+    const candidates = [
+      ["above", r.x, r.y - h - g], ["above-end", r.x + r.w - w, r.y - h - g],
+      ["below", r.x, r.y + r.h + g], ["below-end", r.x + r.w - w, r.y + r.h + g],
+      ["right", r.x + r.w + g, r.y], ["left", r.x - w - g, r.y],
+      ["inside", r.x + g + 1, r.y + g + 1], ["inside-bottom", r.x + g + 1, r.y + r.h - h - g - 1],
+    ];
+    let best = null;
+    candidates.forEach(([name, x0, y0], rank) => {
+      // Slide along the photo's edge rather than hang off it.
+      const x = Math.max(0, Math.min(fw - w, x0));
+      const t = { x, y: y0, w, h };
+      const outside = w * h - area(t, { x: 0, y: 0, w: fw, h: fh });
+      const onFaces = rects.reduce((sum, o, j) => sum + (j === i ? 0 : area(t, o, 2)), 0);
+      const onTags = placed.reduce((sum, o) => sum + area(t, o, 1), 0);
+      const cost = onFaces * 100 + outside * 10 + onTags * 10 + rank;
+      if (!best || cost < best.cost) best = { cost, name, t };
+    });
+    tag.style.left = `${best.t.x - r.x - box.clientLeft}px`;
+    tag.style.top = `${best.t.y - r.y - box.clientTop}px`;
+    tag.dataset.place = best.name;
+    placed.push(best.t);
+  }
+  layer.dataset.tagsPlaced = String(fw); // for tests: placed for this width
 }
 
 function renderEmotions(job) {
@@ -645,7 +824,8 @@ function renderPlaylist(job) {
   const tracks = rec.tracks || [];
   const mode = rec.mode || job.mode;
   const summary = filtersSummary(state.request);
-  $("#playlist-sub").textContent = `${tracks.length} song${tracks.length === 1 ? "" : "s"} · ${modeTitle(mode)}${summary ? ` · ${summary}` : ""}`;
+  const excluded = Number(rec.excluded_disliked) > 0 ? ` · ${FEEDBACK_COPY.excluded(Number(rec.excluded_disliked))}` : "";
+  $("#playlist-sub").textContent = `${tracks.length} song${tracks.length === 1 ? "" : "s"} · ${modeTitle(mode)}${summary ? ` · ${summary}` : ""}${excluded}`;
   const list = $("#playlist");
   if (!tracks.length) {
     list.replaceChildren(el("li", { class: "empty", text: "No songs matched. Widen the filters and try again." }));
@@ -664,12 +844,17 @@ function renderPlaylist(job) {
       f.tempo !== undefined ? el("span", { class: "feat" }, el("b", { text: String(Math.round(f.tempo)) }), " BPM") : null,
       f.mode !== undefined ? el("span", { class: "feat feat-mode", text: f.mode >= 0.5 ? "major key" : "minor key" }) : null);
     const title = el("p", { class: "track-title", "data-testid": "track-title", text: t.name || t.track_id });
+    // Fixed columns (link slot, then the vote buttons): the buttons line up in every row, with
+    // or without a Spotify link; a song without one gets a quiet placeholder in the slot.
     const actions = el("div", { class: "track-actions" });
     if (t.spotify_url) {
       const a = el("a", { class: "spotify-link", href: t.spotify_url, target: "_blank", rel: "noopener noreferrer", "data-testid": "spotify-link" });
       a.innerHTML = `${ICON_OPEN}<span>Open in Spotify</span>`;
       a.append(el("span", { class: "visually-hidden", text: `: ${t.name} (opens in a new tab)` }));
       actions.append(a);
+    } else {
+      actions.append(el("span", { class: "spotify-none", "data-testid": "spotify-missing",
+        title: "This song's catalogue entry has no Spotify id", text: "No Spotify link" }));
     }
     const like = el("button", { type: "button", class: "vote-btn like", "data-testid": "like-button", "aria-pressed": "false", "aria-label": `Like ${t.name}`, title: "Like" });
     like.innerHTML = ICON_UP;
@@ -682,8 +867,9 @@ function renderPlaylist(job) {
       actions);
     actions.append(el("div", { class: "vote", role: "group", "aria-label": `Feedback on ${t.name}` }, like, dislike));
     item.append(status);
-    like.addEventListener("click", () => sendFeedback(job.id, t, true, { like, dislike, status, item }));
-    dislike.addEventListener("click", () => sendFeedback(job.id, t, false, { like, dislike, status, item }));
+    const ui = { like, dislike, status, item, mode };
+    like.addEventListener("click", () => sendFeedback(job.id, t, true, ui));
+    dislike.addEventListener("click", () => sendFeedback(job.id, t, false, ui));
     return item;
   }));
 }
@@ -710,7 +896,7 @@ async function sendFeedback(jobId, track, liked, ui) {
     ui.item.classList.toggle("is-disliked", !liked);
     ui.item.classList.toggle("is-liked", liked);
     ui.status.dataset.kind = "ok";
-    ui.status.textContent = liked ? "Thanks! Liked." : "Got it: we won't suggest this song to you again in this mode.";
+    ui.status.textContent = liked ? FEEDBACK_COPY.liked : FEEDBACK_COPY.disliked(ui.mode);
     return;
   }
   ui.status.dataset.kind = "error";
@@ -764,10 +950,14 @@ function renderWhy(job) {
           el("span", { class: "cmp-m", text: `Playlist ${featureValue(key, m)}` }))),
     ];
   }));
-  $("#mood-map").replaceChildren(moodMap(rec, tracks));
-  $("#map-caption").textContent = journey
-    ? "Each numbered dot is a song, in playlist order, moving from your current mood toward the goal (the ring)."
-    : "Each numbered dot is a song, in playlist order. The ring is the target sound for your mood.";
+  const map = moodMap(rec, tracks, $("#mood-map"));
+  const hidden = map.dataset.unlabelled ? map.dataset.unlabelled.split(",") : [];
+  const numbers = (a) => (a.length > 1 ? `${a.slice(0, -1).join(", ")} and ${a.at(-1)}` : a[0]);
+  $("#map-caption").textContent = (journey
+    ? "Each dot is a song, numbered in playlist order, moving from your current mood toward the goal (the ring)."
+    : "Each dot is a song, numbered in playlist order. The ring is the target sound for your mood.")
+    + " The axes zoom in on where the songs are."
+    + (hidden.length ? ` Song${hidden.length > 1 ? "s" : ""} ${numbers(hidden)} sit${hidden.length > 1 ? "" : "s"} on top of others: point at a dot to see its song.` : "");
 }
 
 function pathPoints(rec) {
@@ -781,11 +971,40 @@ function pathPoints(rec) {
   }).filter((p) => typeof p.valence === "number" && typeof p.energy === "number");
 }
 
-function moodMap(rec, tracks) {
+const MAP_MIN_SPAN = 0.08; // the map never zooms in closer than this much of either axis
+
+function axisRange(values) {
+  // The data's extent plus a margin, at least MAP_MIN_SPAN wide, inside 0..1.
+  const vals = values.map((v) => Math.max(0, Math.min(1, v)));
+  if (!vals.length) return [0, 1];
+  let lo = Math.min(...vals);
+  let hi = Math.max(...vals);
+  const pad = Math.max((hi - lo) * 0.1, 0.01);
+  lo -= pad;
+  hi += pad;
+  if (hi - lo < MAP_MIN_SPAN) {
+    const c = (lo + hi) / 2;
+    lo = c - MAP_MIN_SPAN / 2;
+    hi = c + MAP_MIN_SPAN / 2;
+  }
+  if (lo < 0) { hi -= lo; lo = 0; }
+  if (hi > 1) { lo -= hi - 1; hi = 1; }
+  return [Math.max(0, lo), Math.min(1, hi)];
+}
+
+function axisTicks([lo, hi]) {
+  const step = [0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5].find((st) => (hi - lo) / st <= 5) || 0.5;
+  const ticks = [];
+  for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + 1e-9; v += step) ticks.push(Number(v.toFixed(4)));
+  return { ticks, digits: step < 0.1 ? 2 : 1 };
+}
+
+function moodMap(rec, tracks, host) {
+  // Positivity (valence) across, energy up. The axes zoom to where the points are (ticks say
+  // where), and every label is placed where it covers no dot and no other label; a song whose
+  // label finds no room keeps its dot, with its name on hover.
   const NS = "http://www.w3.org/2000/svg";
-  const S = 300, P = 28, span = S - 2 * P;
-  const X = (v) => P + Math.max(0, Math.min(1, v)) * span;
-  const Y = (e) => S - P - Math.max(0, Math.min(1, e)) * span;
+  const S = 300, L = 42, R = S - 8, T = 8, B = S - 40;
   const svg = document.createElementNS(NS, "svg");
   const node = (tag, attrs, text) => {
     const n = document.createElementNS(NS, tag);
@@ -796,55 +1015,156 @@ function moodMap(rec, tracks) {
   svg.setAttribute("viewBox", `0 0 ${S} ${S}`);
   svg.setAttribute("role", "img");
   const target = rec.target || {};
-  const vals = tracks.map((t) => t.features?.valence).filter((v) => typeof v === "number");
-  const ens = tracks.map((t) => t.features?.energy).filter((v) => typeof v === "number");
+  const hasTarget = typeof target.valence === "number" && typeof target.energy === "number";
+  const pts = tracks.filter((t) => typeof t.features?.valence === "number" && typeof t.features?.energy === "number");
+  const path = pathPoints(rec);
+  const journey = path.length > 1 && Math.hypot(path[0].valence - path.at(-1).valence, path[0].energy - path.at(-1).energy) > 0.02;
+  const showStart = journey && hasTarget; // labels find their own room, however close the two are
+  const all = [...pts.map((t) => t.features), ...(hasTarget ? [target] : []), ...(path.length > 1 ? path : [])];
+  const [x0, x1] = axisRange(all.map((p) => p.valence));
+  const [y0, y1] = axisRange(all.map((p) => p.energy));
+  const X = (v) => L + ((Math.max(0, Math.min(1, v)) - x0) / (x1 - x0)) * (R - L);
+  const Y = (e) => B - ((Math.max(0, Math.min(1, e)) - y0) / (y1 - y0)) * (B - T);
+  Object.assign(svg.dataset, { xMin: x0.toFixed(3), xMax: x1.toFixed(3), yMin: y0.toFixed(3), yMax: y1.toFixed(3) });
+
+  const vals = pts.map((t) => t.features.valence);
+  const ens = pts.map((t) => t.features.energy);
   const range = (a) => (a.length ? `${Math.min(...a).toFixed(2)} to ${Math.max(...a).toFixed(2)}` : "n/a");
-  const desc = `Mood map of positivity (left to right) and energy (bottom to top). Target: positivity ${featureValue("valence", target.valence)}, energy ${featureValue("energy", target.energy)}. Songs: positivity ${range(vals)}, energy ${range(ens)}.`;
+  const desc = `Mood map of positivity (left to right, ${x0.toFixed(2)} to ${x1.toFixed(2)}) and energy (bottom to top, ${y0.toFixed(2)} to ${y1.toFixed(2)}). Target: positivity ${featureValue("valence", target.valence)}, energy ${featureValue("energy", target.energy)}. Songs: positivity ${range(vals)}, energy ${range(ens)}.`;
   svg.setAttribute("aria-label", desc);
   svg.append(node("title", {}, desc));
-  svg.append(node("rect", { x: P, y: P, width: span, height: span, class: "map-bg", rx: 8 }));
-  const quads = [
-    ["Tense", P + 8, P + 18, "start"], ["Joyful", S - P - 8, P + 18, "end"],
-    ["Sad", P + 8, S - P - 10, "start"], ["Calm", S - P - 8, S - P - 10, "end"],
-  ];
-  svg.append(node("line", { x1: X(0.5), y1: P, x2: X(0.5), y2: S - P, class: "map-grid" }));
-  svg.append(node("line", { x1: P, y1: Y(0.5), x2: S - P, y2: Y(0.5), class: "map-grid" }));
-  for (const [t, x, y, anchor] of quads) svg.append(node("text", { x, y, "text-anchor": anchor, class: "map-quad" }, t));
-  svg.append(node("text", { x: S / 2, y: S - 6, "text-anchor": "middle", class: "map-axis" }, "positivity →"));
-  svg.append(node("text", { x: 12, y: S / 2, "text-anchor": "middle", class: "map-axis", transform: `rotate(-90 12 ${S / 2})` }, "energy →"));
-  const path = pathPoints(rec);
+  svg.append(node("rect", { x: L, y: T, width: R - L, height: B - T, class: "map-bg", "data-testid": "map-plot", rx: 6 }));
+
+  // ticks and faint grid, then the 0.5 lines that split the four moods, where they are in view
+  const xt = axisTicks([x0, x1]);
+  const yt = axisTicks([y0, y1]);
+  for (const v of xt.ticks) {
+    svg.append(node("line", { x1: X(v), y1: T, x2: X(v), y2: B, class: "map-tick-line" }));
+    svg.append(node("text", { x: X(v), y: B + 13, "text-anchor": "middle", class: "map-tick" }, v.toFixed(xt.digits)));
+  }
+  for (const v of yt.ticks) {
+    svg.append(node("line", { x1: L, y1: Y(v), x2: R, y2: Y(v), class: "map-tick-line" }));
+    svg.append(node("text", { x: L - 5, y: Y(v) + 3.5, "text-anchor": "end", class: "map-tick" }, v.toFixed(yt.digits)));
+  }
+  if (x0 < 0.5 && x1 > 0.5) svg.append(node("line", { x1: X(0.5), y1: T, x2: X(0.5), y2: B, class: "map-grid" }));
+  if (y0 < 0.5 && y1 > 0.5) svg.append(node("line", { x1: L, y1: Y(0.5), x2: R, y2: Y(0.5), class: "map-grid" }));
+  svg.append(node("text", { x: (L + R) / 2, y: S - 8, "text-anchor": "middle", class: "map-axis" }, "positivity →"));
+  svg.append(node("text", { x: 10, y: (T + B) / 2, "text-anchor": "middle", class: "map-axis", transform: `rotate(-90 10 ${(T + B) / 2})` }, "energy →"));
+
   if (path.length > 1) {
     svg.append(node("polyline", { points: path.map((p) => `${X(p.valence)},${Y(p.energy)}`).join(" "), class: "map-target-path" }));
   }
-  const pts = tracks.filter((t) => typeof t.features?.valence === "number" && typeof t.features?.energy === "number");
   if (pts.length > 1) {
     svg.append(node("polyline", { points: pts.map((t) => `${X(t.features.valence)},${Y(t.features.energy)}`).join(" "), class: "map-path" }));
   }
-  const journey = path.length > 1 && Math.hypot(path[0].valence - path.at(-1).valence, path[0].energy - path.at(-1).energy) > 0.02;
-  const label = (text, x, y) => {
-    // Keep the label inside the plot: put it on whichever side has room.
-    const right = x < S - P - 50;
-    svg.append(node("text", { x: right ? x + 18 : x - 18, y: y + 4, "text-anchor": right ? "start" : "end", class: "map-label" }, text));
+
+  // Everything drawn so far that a label must not cover, in viewBox units.
+  const taken = [];
+  const occupy = (cx, cy, r) => taken.push({ x: cx - r, y: cy - r, w: 2 * r, h: 2 * r });
+  const free = (b) => b.x >= L + 2 && b.y >= T + 2 && b.x + b.w <= R - 2 && b.y + b.h <= B - 2
+    && !taken.some((o) => b.x < o.x + o.w && o.x < b.x + b.w && b.y < o.y + o.h && o.y < b.y + b.h);
+  const DOT_R = 4.5;
+  const dots = pts.map((t) => ({ t, n: tracks.indexOf(t) + 1, cx: X(t.features.valence), cy: Y(t.features.energy) }));
+  for (const d of dots) occupy(d.cx, d.cy, DOT_R + 1);
+  const tx = hasTarget ? X(target.valence) : 0;
+  const ty = hasTarget ? Y(target.energy) : 0;
+  if (hasTarget) occupy(tx, ty, 12);
+  const sx = showStart ? X(path[0].valence) : 0;
+  const sy = showStart ? Y(path[0].energy) : 0;
+  if (showStart) occupy(sx, sy, 8);
+
+  const labels = node("g", { class: "map-labels" });
+  const measure = (text, cls, size) => {
+    // The label's real box (the browser's, as drawn), or an estimate when the map is not on screen.
+    const label = node("text", { x: 0, y: 0, class: cls }, text);
+    labels.append(label);
+    const bb = label.getBBox();
+    if (bb.width > 0) return { label, bx: bb.x, by: bb.y, w: bb.width, h: bb.height };
+    return { label, bx: 0, by: -size * 1.3, w: text.length * size * 0.62 + 2, h: size * 1.7 };
   };
-  // Mark where the journey starts unless it starts right at the goal (the labels would collide).
-  if (journey && Math.hypot(path[0].valence - (target.valence ?? 0), path[0].energy - (target.energy ?? 0)) > 0.12) {
-    const s0 = path[0];
-    svg.append(node("rect", { x: X(s0.valence) - 6, y: Y(s0.energy) - 6, width: 12, height: 12, rx: 2, class: "map-start", transform: `rotate(45 ${X(s0.valence)} ${Y(s0.energy)})` }));
-    label("your mood", X(s0.valence), Y(s0.energy) + 14);
+  const put = (m, x, y) => {
+    m.label.setAttribute("x", (x - m.bx).toFixed(2));
+    m.label.setAttribute("y", (y - m.by).toFixed(2));
+    taken.push({ x, y, w: m.w, h: m.h });
+  };
+  const place = (text, cx, cy, r, attrs) => {
+    // Around the point: right, left, above, below, the diagonals; close first, then a step out
+    // (with a thin leader line). Returns the text node, or null where nothing is free.
+    const m = measure(text, attrs.class, attrs.size);
+    const { w, h } = m;
+    if (attrs.testid) m.label.dataset.testid = attrs.testid;
+    if (attrs.song) m.label.dataset.song = attrs.song;
+    for (const [gap, lead] of [[2, false], [9, true]]) {
+      const d = r + gap;
+      const q = d * 0.72;
+      const spots = [
+        [cx + d, cy - h / 2], [cx - d - w, cy - h / 2], [cx - w / 2, cy - d - h], [cx - w / 2, cy + d],
+        [cx + q, cy - q - h], [cx - q - w, cy - q - h], [cx + q, cy + q], [cx - q - w, cy + q],
+      ];
+      for (const [x, y] of spots) {
+        if (!free({ x, y, w, h })) continue;
+        put(m, x, y);
+        if (lead) {
+          const mx = x + w / 2, my = y + h / 2, len = Math.hypot(mx - cx, my - cy);
+          const at = (f) => [cx + ((mx - cx) / len) * f, cy + ((my - cy) / len) * f];
+          const [x1, y1] = at(r + 1);
+          const [x2, y2] = at(len - Math.min(w, h) / 2);
+          labels.prepend(node("line", { x1, y1, x2, y2, class: "map-leader" }));
+        }
+        return m.label;
+      }
+    }
+    m.label.remove();
+    return null;
+  };
+
+  if (showStart) {
+    const g = node("g", { class: "map-start-mark" });
+    g.append(node("title", {}, `Your current mood: positivity ${path[0].valence.toFixed(2)}, energy ${path[0].energy.toFixed(2)}`));
+    g.append(node("rect", { x: sx - 6, y: sy - 6, width: 12, height: 12, rx: 2, class: "map-start", transform: `rotate(45 ${sx} ${sy})` }));
+    svg.append(g);
   }
-  if (typeof target.valence === "number" && typeof target.energy === "number") {
-    svg.append(node("circle", { cx: X(target.valence), cy: Y(target.energy), r: 14, class: "map-target" }));
-    svg.append(node("circle", { cx: X(target.valence), cy: Y(target.energy), r: 3, class: "map-target-dot" }));
-    label(journey ? "goal" : "target", X(target.valence), Y(target.energy) - 14);
+  if (hasTarget) {
+    const g = node("g", { class: "map-target-mark" });
+    g.append(node("title", {}, `${journey ? "Goal" : "Target"}: positivity ${target.valence.toFixed(2)}, energy ${target.energy.toFixed(2)}`));
+    g.append(node("circle", { cx: tx, cy: ty, r: 11, class: "map-target" }));
+    g.append(node("circle", { cx: tx, cy: ty, r: 2.5, class: "map-target-dot" }));
+    svg.append(g);
   }
   // Later songs first, so song 1 is drawn on top when dots overlap.
-  [...pts].reverse().forEach((t) => {
-    const n = tracks.indexOf(t) + 1;
-    const g = node("g", { class: "map-dot" });
-    g.append(node("circle", { cx: X(t.features.valence), cy: Y(t.features.energy), r: 8.5 }));
-    g.append(node("text", { x: X(t.features.valence), y: Y(t.features.energy) + 3.5, "text-anchor": "middle" }, String(n)));
+  for (const d of [...dots].reverse()) {
+    const g = node("g", { class: "map-dot", "data-song": d.n });
+    g.append(node("title", {}, `${d.n}. ${d.t.name || d.t.track_id}: positivity ${d.t.features.valence.toFixed(2)}, energy ${d.t.features.energy.toFixed(2)}`));
+    g.append(node("circle", { cx: d.cx, cy: d.cy, r: DOT_R }));
     svg.append(g);
-  });
+  }
+  svg.append(labels);
+  host.replaceChildren(svg); // on the page from here: labels are measured as the browser draws them
+  if (hasTarget) place(journey ? "goal" : "target", tx, ty, 11, { size: 10.5, class: "map-label", testid: "map-label" });
+  if (showStart) place("your mood", sx, sy, 8, { size: 10.5, class: "map-label", testid: "map-label" });
+  const unlabelled = [];
+  for (const d of dots) {
+    if (!place(String(d.n), d.cx, d.cy, DOT_R, { size: 10, class: "map-num", testid: "map-num", song: d.n })) {
+      unlabelled.push(d.n);
+      svg.querySelector(`.map-dot[data-song="${d.n}"]`).classList.add("is-unlabelled");
+    }
+  }
+  // The four moods, named in the corners of the view that show them, where there is room.
+  const quads = [
+    ["Tense", 0.25, 0.75, "start", "top"], ["Joyful", 0.75, 0.75, "end", "top"],
+    ["Sad", 0.25, 0.25, "start", "bottom"], ["Calm", 0.75, 0.25, "end", "bottom"],
+  ];
+  for (const [name, qv, qe, anchor, edge] of quads) {
+    const [vx0, vx1] = qv < 0.5 ? [x0, Math.min(x1, 0.5)] : [Math.max(x0, 0.5), x1];
+    const [ve0, ve1] = qe < 0.5 ? [y0, Math.min(y1, 0.5)] : [Math.max(y0, 0.5), y1];
+    if (vx1 - vx0 < (x1 - x0) * 0.25 || ve1 - ve0 < (y1 - y0) * 0.2) continue;
+    const m = measure(name, "map-quad", 10);
+    const x = anchor === "start" ? X(vx0) + 4 : X(vx1) - 4 - m.w;
+    const y = edge === "top" ? Y(ve1) + 3 : Y(ve0) - 3 - m.h;
+    if (free({ x, y, w: m.w, h: m.h })) put(m, x, y);
+    else m.label.remove();
+  }
+  svg.dataset.unlabelled = unlabelled.join(",");
   return svg;
 }
 
@@ -878,6 +1198,7 @@ function setupForm() {
   describe();
 }
 
+$("#feedback-note").textContent = FEEDBACK_COPY.note;
 setupTabs();
 setupUpload();
 setupCamera();
