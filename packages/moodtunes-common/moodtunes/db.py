@@ -70,11 +70,15 @@ def ping(url: str | None = None) -> None:
 
 
 def _before_retry(state: tenacity.RetryCallState) -> None:
-    """After a restart every idle pooled connection is dead; checking the pools once drops them all,
-    so the next attempt gets a fresh connection instead of the next dead one."""
     exc = state.outcome.exception() if state.outcome else None
     log.warning("database unavailable (%s); retry %d", exc, state.attempt_number)
     observability.note_retry("database")  # moodtunes_task_retries_total{reason="database"}
+    drop_dead_connections()
+
+
+def drop_dead_connections() -> None:
+    """After a restart every idle pooled connection is dead: checking the pools drops them all, so
+    the next user gets a fresh connection instead of the next dead one."""
     for p in list(_pools.values()):
         try:
             p.check()

@@ -43,6 +43,7 @@ def use_gateway_pool() -> None:
 
 def database_unavailable(exc: Exception) -> APIError:
     log.error("database unavailable: %s", exc)
+    db.drop_dead_connections()  # a restarted server: the next request gets a live connection
     return APIError(
         503,
         "database_unavailable",
