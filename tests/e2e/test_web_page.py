@@ -248,11 +248,17 @@ def test_upload_a_face_photo_and_get_a_playlist(stack, browser, photo):
     assert fb.value.status == 201
     tracks.nth(1).get_by_test_id("feedback-status").filter(has_text="won't suggest").wait_for()
 
-    # the page says what feedback does today: dislikes leave songs out, likes change nothing yet
+    # the page says what feedback does: dislikes leave songs out, likes pull later playlists
     note = page.get_by_test_id("feedback-note").inner_text()
     assert "won't be suggested to you again in this mode" in note
-    assert "Likes are saved, but they don't change your playlists yet" in note
-    assert "don't change your playlists yet" in status.inner_text()
+    assert "your next playlists in this mode lean toward their sound" in note
+    assert "lean toward songs like this" in status.inner_text()
+    # pressing the like again undoes it: DELETE, the button unpressed, the page says so
+    with page.expect_response(lambda r: "/feedback/" in r.url and r.request.method == "DELETE") as fb:
+        first.get_by_test_id("like-button").click()
+    assert fb.value.status == 204
+    status.filter(has_text="Undone").wait_for()
+    assert first.get_by_test_id("like-button").get_attribute("aria-pressed") == "false"
 
     assert no_horizontal_scroll(page)
     save_screenshot(page, "web-page.png", readme=True, full_page=True)

@@ -185,3 +185,10 @@ def test_feedback_is_stored_and_validated(client, face_jpeg):
     with connection() as conn:
         rows = conn.execute("SELECT client_key, mode, track_id, liked FROM feedback").fetchall()
     assert rows == [{"client_key": owner_of(job_id), "mode": "match", "track_id": "t2", "liked": True}]
+    # undo: the like is gone; a second undo, or someone else's, finds nothing
+    stranger = type(client)(client.app)
+    assert_error(stranger.delete(f"/v1/jobs/{job_id}/feedback/t2"), 404, "job_not_found")
+    assert client.delete(f"/v1/jobs/{job_id}/feedback/t2").status_code == 204
+    with connection() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM feedback").fetchone()["n"] == 0
+    assert_error(client.delete(f"/v1/jobs/{job_id}/feedback/t2"), 404, "feedback_not_found")

@@ -217,7 +217,7 @@ def test_a_redelivery_waits_for_the_running_one_then_does_nothing(clean_jobs):
         target=lambda: results.append(worker.recommend(event(job_id, ONE_HOT["happy"])))
     )
     with connection() as conn:
-        assert worker.lock_job(conn, job_id, "c1", "match") == ("recommending", [])
+        assert worker.lock_job(conn, job_id, "c1", "match") == ("recommending", worker.Listener())
         second.start()
         second.join(timeout=1.0)
         assert second.is_alive()  # waiting on the lock
@@ -294,3 +294,24 @@ def test_a_group_event_builds_from_the_blend_and_says_how_the_room_spread(clean_
     assert stored["drive"] == "group" and stored["group"]["faces"] == 2
     one_face = run_job(ONE_HOT["happy"])["recommendation"]
     assert one_face["drive"] == "face" and one_face["group"] is None
+
+
+def test_likes_pull_later_playlists_toward_the_liked_tracks_and_undo_removes_the_pull(clean_jobs):
+    first = run_job(ONE_HOT["sad"], limit=5, diversity=0.0, client_key="lee")
+    plain = np.array(first["recommendation"]["target_vector"])
+    assert first["recommendation"]["liked_pull"] is None
+    rows, feats = all_tracks()
+    by_id = {r["track_id"]: f for r, f in zip(rows, feats, strict=True)}
+    far = max(by_id, key=lambda t: np.linalg.norm(by_id[t] - plain))  # a liked track far from the mood
+    jobs.record_feedback(first, far, liked=True)
+    liked = run_job(ONE_HOT["sad"], limit=5, diversity=0.0, client_key="lee")["recommendation"]
+    pull = worker.LIKE_PULL_MAX * 1 / (1 + worker.LIKE_HALF)
+    assert liked["liked_pull"] == pytest.approx(pull)
+    np.testing.assert_allclose(liked["target_vector"], plain + pull * (by_id[far] - plain), atol=1e-5)
+    assert np.linalg.norm(np.array(liked["target_vector"]) - by_id[far]) < np.linalg.norm(plain - by_id[far])
+    other_mode = run_job(ONE_HOT["sad"], mode="calm", limit=5, client_key="lee")["recommendation"]
+    assert other_mode["liked_pull"] is None  # likes count in the mode they were given in
+    jobs.delete_feedback(first, far)
+    undone = run_job(ONE_HOT["sad"], limit=5, diversity=0.0, client_key="lee")["recommendation"]
+    assert undone["liked_pull"] is None
+    np.testing.assert_allclose(undone["target_vector"], plain, atol=1e-6)

@@ -288,6 +288,18 @@ def record_feedback(job: dict, track_id: str, liked: bool) -> None:
         )
 
 
+def delete_feedback(job: dict, track_id: str) -> bool:
+    """Undoes a like or dislike of a track (the job's client and mode); False when there was none."""
+    with connection() as conn:
+        return (
+            conn.execute(
+                "DELETE FROM feedback WHERE client_key = %s AND mode = %s AND track_id = %s",
+                (job["client_key"], job["mode"], track_id),
+            ).rowcount
+            > 0
+        )
+
+
 def status_counts(window_s: float = 3600.0) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
     """Unfinished jobs by status, and jobs finished in the last `window_s` by (status, error code),
     in one statement; both read partial indexes (jobs_unfinished, jobs_finished), for metrics."""

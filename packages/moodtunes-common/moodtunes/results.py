@@ -118,6 +118,9 @@ class Recommendation(BaseModel):
     filters: Filters | None = None
     diversity: float | None = None
     excluded_disliked: int | None = None
+    liked_pull: float | None = Field(
+        None, description="how far the listener's likes in this mode moved the targets toward them (0..0.5)"
+    )
     tracks: list[Track]
 
 

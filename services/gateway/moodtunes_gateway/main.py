@@ -100,7 +100,7 @@ def create_app() -> FastAPI:
     app.add_middleware(
         CORSMiddleware,
         allow_origins=cors_origins(settings.cors_allow_origins),
-        allow_methods=["GET", "POST"],
+        allow_methods=["GET", "POST", "DELETE"],
         allow_headers=["Authorization", "Content-Type", "Accept"],
         expose_headers=["Location", "Retry-After"],
         max_age=600,

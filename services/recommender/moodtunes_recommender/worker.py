@@ -9,6 +9,9 @@ reconciler, never failed for it; only an error that would happen again fails the
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from moodtunes import jobs, observability
 from moodtunes.db import TRANSIENT_ERRORS, connection, retry_transient
@@ -22,18 +25,52 @@ app = make_celery("moodtunes-recommender")
 SERVICE = "recommender"  # the service label of this worker's metrics
 
 
-def lock_job(conn, job_id: str, client_key: str, mode: str) -> tuple[str | None, list[str]]:
-    """The job's status, its row locked until this transaction ends, and the tracks this client
-    disliked in this mode, in one round trip. The lock makes a concurrent redelivery of the same
-    event wait, then find the job done: the playlist is built and written once."""
+# Likes pull a listener's later playlists in that mode toward what they liked: every target moves
+# toward the mean matching-space point of their liked tracks by LIKE_PULL_MAX * n / (n + LIKE_HALF),
+# n liked tracks (1 like: 0.125, 3: 0.25, many: up to 0.5), so the mood still leads.
+LIKE_PULL_MAX = 0.5
+LIKE_HALF = 3
+
+
+@dataclass
+class Listener:
+    """What one client's feedback in one mode asks of the next playlist."""
+
+    disliked: list[str] = field(default_factory=list)
+    liked_count: int = 0
+    liked_mean: np.ndarray | None = None  # matching-space mean of the liked tracks
+
+    @property
+    def like_pull(self) -> float:
+        return LIKE_PULL_MAX * self.liked_count / (self.liked_count + LIKE_HALF) if self.liked_count else 0.0
+
+    def pulled(self, targets: np.ndarray) -> np.ndarray:
+        if self.liked_mean is None or not self.liked_count:
+            return targets
+        return targets + self.like_pull * (self.liked_mean[None, :] - targets)
+
+
+def lock_job(conn, job_id: str, client_key: str, mode: str) -> tuple[str | None, Listener]:
+    """The job's status, its row locked until this transaction ends, and what this client's
+    feedback in this mode asks (dislikes, likes), in one round trip. The lock makes a concurrent
+    redelivery of the same event wait, then find the job done: the playlist is built and written once."""
     row = conn.execute(
-        """SELECT status, ARRAY(SELECT track_id FROM feedback
-                                WHERE client_key = %s AND mode = %s AND NOT liked
-                                ORDER BY track_id) AS disliked
-           FROM jobs WHERE id = %s FOR UPDATE""",
-        (client_key or None, mode, job_id),
+        """SELECT status,
+                  ARRAY(SELECT track_id FROM feedback
+                        WHERE client_key = %(client)s AND mode = %(mode)s AND NOT liked
+                        ORDER BY track_id) AS disliked,
+                  liked.n AS liked_count, liked.mean::real[] AS liked_mean
+           FROM jobs,
+                LATERAL (SELECT count(*) AS n, avg(t.features) AS mean
+                         FROM feedback f JOIN tracks t ON t.track_id = f.track_id
+                         WHERE f.client_key = %(client)s AND f.mode = %(mode)s AND f.liked) AS liked
+           WHERE id = %(job)s FOR UPDATE OF jobs""",
+        {"client": client_key or None, "mode": mode, "job": job_id},
     ).fetchone()
-    return (row["status"], list(row["disliked"])) if row else (None, [])
+    if not row:
+        return None, Listener()
+    mean = np.asarray(row["liked_mean"], dtype=np.float64) if row["liked_mean"] is not None else None
+    return row["status"], Listener(list(row["disliked"]), int(row["liked_count"]), mean)
 
 
 def group_mood(event: EmotionDetected) -> GroupMood | None:
@@ -64,7 +101,9 @@ def recommend(event: EmotionDetected) -> Recommendation | None:
     targets = mapping.targets(probs, mode, n)
     with connection() as conn:
         with observability.stage(SERVICE, "lock"):
-            status, excluded = lock_job(conn, event.job_id, options.client_key, mode)
+            status, listener = lock_job(conn, event.job_id, options.client_key, mode)
+        excluded = listener.disliked
+        targets = listener.pulled(targets)
         if status != jobs.RECOMMENDING:
             log.info("job %s is %s: nothing to do", event.job_id, status)
             return None  # redelivered event of a finished job, or an unknown job
@@ -72,7 +111,7 @@ def recommend(event: EmotionDetected) -> Recommendation | None:
             tracks = matching.build_playlist(
                 conn, targets, filters, excluded, diversity, mapping.min_valence(mode, n)
             )
-            goal = mapping.target(probs, mode)
+            goal = listener.pulled(mapping.target(probs, mode)[None, :])[0]
             features = mapping.features()
             recommendation = Recommendation(
                 mode=mode,
@@ -90,6 +129,7 @@ def recommend(event: EmotionDetected) -> Recommendation | None:
                 filters=filters,
                 diversity=diversity,
                 excluded_disliked=len(excluded),
+                liked_pull=round(listener.like_pull, 6) if listener.liked_count else None,
                 tracks=tracks,
             )
         with observability.stage(SERVICE, "store"):

@@ -275,8 +275,22 @@ def post_feedback(
     owner: Annotated[Owner | None, Depends(current_owner)],
     _key: ApiKey,
 ):
-    """A like or dislike of a recommended track of one of your jobs; dislikes are never
-    recommended again to the same client in the same mode."""
+    """A like or dislike of a recommended track of one of your jobs, for later playlists of the
+    same client in the same mode: a disliked track is never recommended again; likes pull the
+    playlist's targets toward the liked tracks (up to halfway, more with more likes)."""
+    row = _own_job_for_feedback(request, job_id, owner)
+    if row["status"] != jobs.DONE:
+        raise APIError(409, "job_not_done", f"The job is {row['status']}; rate tracks once it is done.")
+    if feedback.track_id not in {t["track_id"] for t in row["recommendation"]["tracks"]}:
+        raise APIError(422, "unknown_track", "That track is not in this job's playlist.")
+    try:
+        jobs.record_feedback(row, feedback.track_id, feedback.liked)
+    except psycopg.OperationalError as exc:
+        raise backends.database_unavailable(exc) from exc
+    return FeedbackOut(job_id=job_id, track_id=feedback.track_id, liked=feedback.liked, mode=row["mode"])
+
+
+def _own_job_for_feedback(request: Request, job_id: str, owner: Owner | None) -> dict:
     client = owner.limit_key if owner else "ip:" + client_ip(request)
     guards.check_rate("feedback", get_settings().rate_limit_feedback, client)
     if owner is None or not _valid_id(job_id):
@@ -288,15 +302,35 @@ def post_feedback(
         raise backends.database_unavailable(exc) from exc
     if row is None or row["client_key"] != owner.key:
         raise job_not_found(job_id)
-    if row["status"] != jobs.DONE:
-        raise APIError(409, "job_not_done", f"The job is {row['status']}; rate tracks once it is done.")
-    if feedback.track_id not in {t["track_id"] for t in row["recommendation"]["tracks"]}:
-        raise APIError(422, "unknown_track", "That track is not in this job's playlist.")
+    return row
+
+
+@router.delete(
+    "/jobs/{job_id}/feedback/{track_id}",
+    status_code=204,
+    responses={
+        401: UNAUTHORIZED,
+        404: {"description": "no such job of yours, or no feedback on that track"},
+        429: LIMITED,
+        503: BUSY,
+    },
+)
+def delete_feedback(
+    request: Request,
+    job_id: str,
+    track_id: str,
+    owner: Annotated[Owner | None, Depends(current_owner)],
+    _key: ApiKey,
+):
+    """Undoes your like or dislike of a track (for this job's mode): later playlists no longer use it."""
+    row = _own_job_for_feedback(request, job_id, owner)
     try:
-        jobs.record_feedback(row, feedback.track_id, feedback.liked)
+        deleted = jobs.delete_feedback(row, track_id)
     except psycopg.OperationalError as exc:
         raise backends.database_unavailable(exc) from exc
-    return FeedbackOut(job_id=job_id, track_id=feedback.track_id, liked=feedback.liked, mode=row["mode"])
+    if not deleted:
+        raise APIError(404, "feedback_not_found", "You have no like or dislike of that track in this mode.")
+    return Response(status_code=204)
 
 
 @router.get("/modes", tags=["modes"])

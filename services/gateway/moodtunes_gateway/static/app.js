@@ -22,8 +22,10 @@ const POLL_TIMEOUT_MS = 200_000;
 // song wins. Likes are stored but do not change any playlist yet. Update this when that changes.
 const FEEDBACK_COPY = {
   note: "Dislike a song and it won't be suggested to you again in this mode (on this browser). "
-    + "Likes are saved, but they don't change your playlists yet. Changed your mind? Press the other button.",
-  liked: "Thanks! Liked. Saved (likes don't change your playlists yet).",
+    + "Like songs and your next playlists in this mode lean toward their sound (more likes, stronger pull, "
+    + "never more than halfway from your mood). Changed your mind? Press the button again to undo.",
+  liked: "Thanks! Liked: your next playlists in this mode lean toward songs like this.",
+  undone: "Undone: this song no longer counts for your next playlists.",
   disliked: (mode) => `Got it: we won't suggest this song to you again in “${modeTitle(mode)}”.`,
   excluded: (n) => `${n} song${n === 1 ? "" : "s"} you disliked left out`,
 };
@@ -876,21 +878,32 @@ function renderPlaylist(job) {
 
 async function sendFeedback(jobId, track, liked, ui) {
   const pressed = liked ? ui.like : ui.dislike;
-  if (pressed.getAttribute("aria-pressed") === "true") return;
+  const undo = pressed.getAttribute("aria-pressed") === "true"; // pressing it again takes it back
   ui.like.disabled = ui.dislike.disabled = true;
   ui.status.dataset.kind = "pending";
-  ui.status.textContent = "Saving…";
+  ui.status.textContent = undo ? "Undoing…" : "Saving…";
   let res = null;
   let data = null;
+  const url = `${API}jobs/${encodeURIComponent(jobId)}/feedback`;
   try {
-    res = await fetch(`${API}jobs/${encodeURIComponent(jobId)}/feedback`, {
-      method: "POST", headers: { "Content-Type": "application/json", Accept: "application/json" },
-      body: JSON.stringify({ track_id: track.track_id, liked }),
-    });
-    data = await res.json().catch(() => null);
+    res = undo
+      ? await fetch(`${url}/${encodeURIComponent(track.track_id)}`, { method: "DELETE", headers: { Accept: "application/json" } })
+      : await fetch(url, {
+        method: "POST", headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify({ track_id: track.track_id, liked }),
+      });
+    data = res.status === 204 ? null : await res.json().catch(() => null);
   } catch { /* network */ }
   ui.like.disabled = ui.dislike.disabled = false;
-  if (res && res.ok) {
+  if (res && (res.ok || (undo && data?.error?.code === "feedback_not_found"))) {
+    if (undo) {
+      ui.like.setAttribute("aria-pressed", "false");
+      ui.dislike.setAttribute("aria-pressed", "false");
+      ui.item.classList.remove("is-disliked", "is-liked");
+      ui.status.dataset.kind = "ok";
+      ui.status.textContent = FEEDBACK_COPY.undone;
+      return;
+    }
     ui.like.setAttribute("aria-pressed", String(liked));
     ui.dislike.setAttribute("aria-pressed", String(!liked));
     ui.item.classList.toggle("is-disliked", !liked);
