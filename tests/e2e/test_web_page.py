@@ -739,3 +739,36 @@ def test_files_are_checked_before_anything_is_sent(stack, desktop, tmp_path):
     assert "big-face-small.jpg" in page.get_by_test_id("preview-name").inner_text()
     page.remove_listener("request", on_request)
     errors.check()
+
+
+def test_music_for_everyone_in_a_two_face_photo(stack, browser, tmp_path):
+    """The group option sends drive=group; the real stack blends both faces and the page says so."""
+    import io
+
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    astronaut = skimage.data.astronaut()
+    path = tmp_path / "two-faces.jpg"
+    buf = io.BytesIO()
+    Image.fromarray(np.hstack([astronaut, astronaut[:, ::-1]])).save(buf, "JPEG", quality=92)
+    path.write_bytes(buf.getvalue())
+    context, page, errors = open_page(browser, stack["url"], **DESKTOP)
+    page.set_input_files("#photo-input", str(path))
+    page.get_by_test_id("preview").wait_for()
+    page.get_by_text("Filters and playlist length").click()
+    page.get_by_test_id("drive-group").check()
+    with page.expect_response(lambda r: r.url.endswith("/v1/jobs") and r.request.method == "POST") as resp:
+        page.get_by_test_id("submit").click()
+    assert resp.value.status == 202, resp.value.text()
+    page.wait_for_selector("[data-testid=track]", timeout=JOB_WAIT_MS)
+    assert "music for 2 faces" in page.locator("#playlist-sub").inner_text()
+    assert "Every face counted for the music" in page.locator("#faces-caption").inner_text()
+    session = {c["name"]: c["value"] for c in context.cookies() if c["name"] == "moodtunes_session"}
+    job = httpx.get(f"{stack['url']}/v1/jobs/{resp.value.json()['id']}", cookies=session, timeout=10).json()
+    assert job["drive"] == "group" and len(job["faces"]) == 2
+    assert job["recommendation"]["group"]["faces"] == 2
+    save_screenshot(page, "group-result.png", full_page=True)
+    errors.check()
+    context.close()

@@ -539,6 +539,7 @@ async function submit() {
   body.append("mode", form.mode);
   body.append("limit", String(form.limit));
   for (const [k, v] of Object.entries(form.filters)) body.append(k, v);
+  if ($("#drive-group").checked) body.append("drive", "group");
   // Who we are is the server's business: its session cookie (HttpOnly) comes back with each request.
   state.request = form;
   show("progress");
@@ -734,7 +735,9 @@ function renderPhoto(job) {
   const n = faces.length;
   $("#faces-caption").textContent = n <= 1
     ? `We found one face. It reads as ${emotionLabel(faces[0]?.emotion).toLowerCase()}.`
-    : `We found ${n} faces. The highlighted one (face ${chosen + 1}) chose the music; the others are shown dashed. `
+    : (job.recommendation?.drive === "group" || job.drive === "group"
+      ? `We found ${n} faces. Every face counted for the music, clearer faces more. `
+      : `We found ${n} faces. The highlighted one (face ${chosen + 1}) chose the music; the others are shown dashed. `)
       + faces.map((f, i) => `Face ${i + 1}: ${emotionLabel(f.emotion).toLowerCase()} (${pct(f.confidence, 0)}).`).join(" ");
 }
 
@@ -821,13 +824,22 @@ const ICON_UP = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M7 11v9H4v
 const ICON_DOWN = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M7 13V4H4v9zM7 13l4 8a2.5 2.5 0 0 0 2.5-2.5V15h5.3a2 2 0 0 0 2-2.3l-1.2-7A2 2 0 0 0 17.6 4H7"/></svg>';
 const ICON_OPEN = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M14 4h6v6M20 4l-9 9M18 14v5a1 1 0 0 1-1 1H5a1 1 0 0 1-1-1V7a1 1 0 0 1 1-1h5"/></svg>';
 
+// A group job's account of the room: how many faces made the music and how much their moods agree.
+function groupSummary(group) {
+  const n = Number(group.faces);
+  const spread = Number(group.spread);
+  const agreement = spread < 0.2 ? "moods agree" : spread < 0.45 ? "moods differ a little" : "moods differ a lot";
+  return `music for ${n} face${n === 1 ? "" : "s"}, ${agreement}`;
+}
+
 function renderPlaylist(job) {
   const rec = job.recommendation || {};
   const tracks = rec.tracks || [];
   const mode = rec.mode || job.mode;
   const summary = filtersSummary(state.request);
   const excluded = Number(rec.excluded_disliked) > 0 ? ` · ${FEEDBACK_COPY.excluded(Number(rec.excluded_disliked))}` : "";
-  $("#playlist-sub").textContent = `${tracks.length} song${tracks.length === 1 ? "" : "s"} · ${modeTitle(mode)}${summary ? ` · ${summary}` : ""}${excluded}`;
+  const group = rec.drive === "group" && rec.group ? ` · ${groupSummary(rec.group)}` : "";
+  $("#playlist-sub").textContent = `${tracks.length} song${tracks.length === 1 ? "" : "s"} · ${modeTitle(mode)}${summary ? ` · ${summary}` : ""}${group}${excluded}`;
   const list = $("#playlist");
   if (!tracks.length) {
     list.replaceChildren(el("li", { class: "empty", text: "No songs matched. Widen the filters and try again." }));
