@@ -7,7 +7,6 @@ generated rule file, Grafana's $__rate_interval read as 5m)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.deploy import test_prometheus as P
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "moodtunes-dashboard.json"
@@ -33,18 +34,6 @@ REQUIRED = [
     ("unfinished jobs", "moodtunes_jobs_unfinished"),
     ("in flight", "moodtunes_tasks_in_flight"),
 ]
-
-
-def prometheus_tests():
-    spec = importlib.util.spec_from_file_location(
-        "_moodtunes_deploy_prometheus", Path(__file__).with_name("test_prometheus.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-P = prometheus_tests()
 
 
 def dashboard() -> dict:

@@ -101,7 +101,6 @@ def test_a_failed_and_a_deferred_task_are_counted_with_their_codes(fer, monkeypa
 def test_predict_calls_are_timed_and_sized_one_sample_per_call():
     """40 faces go to the model server as two Predict calls (32 + 8 rows, GRPC_BATCH_SIZE)."""
     from moodtunes_fer.inference import GRPC_BATCH_SIZE, GrpcBackend
-    from moodtunes_fer.worker import meter_predict_calls
     from moodtunes_tfserving.client import PredictResult
 
     def predict(inputs):
@@ -111,7 +110,6 @@ def test_predict_calls_are_timed_and_sized_one_sample_per_call():
 
     backend = GrpcBackend("127.0.0.1:1", "fer_test_model")  # never connects: its client is replaced
     backend.client = types.SimpleNamespace(predict=predict)
-    meter_predict_calls(backend, "fer_test_model")
     features, _, version = backend.features_and_probabilities(np.zeros((40, 48, 48, 1), np.float32))
     assert (features.shape, version, GRPC_BATCH_SIZE) == ((40, 8), 3, 32)
     assert value("moodtunes_model_call_batch_size_count", model="fer_test_model") == 2

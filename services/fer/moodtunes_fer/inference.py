@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from moodtunes import observability
 from moodtunes_fer.head import Head, load_head
 from moodtunes_fer.signature import (
     CLASS_NAMES,
@@ -88,10 +89,13 @@ class GrpcBackend:
         self.client = ModelServerClient(
             address, model_name, signature_name=signature_name, version=version, timeout_s=timeout_s
         )
+        self.model_name = model_name
         self.batch_size = batch_size
 
     def _call(self, batch: np.ndarray):
-        result = self.client.predict({INPUT_KEY: batch})
+        # timed and sized per Predict call (moodtunes_model_call_duration_seconds / _batch_size)
+        with observability.model_call(self.model_name, len(batch)):
+            result = self.client.predict({INPUT_KEY: batch})
         return (
             np.asarray(result.outputs[FEATURES_KEY], np.float32),
             np.asarray(result.outputs[PROBABILITIES_KEY], np.float32),

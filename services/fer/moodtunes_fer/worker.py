@@ -74,23 +74,7 @@ def pipeline():
         version=s.model_version,
         timeout_s=s.model_timeout_s,
     )
-    return FerPipeline(
-        meter_predict_calls(backend, s.model_name), models_dir=s.models_dir, model_name=s.model_name
-    )
-
-
-def meter_predict_calls(backend, model: str):
-    """Times and sizes every Predict call the backend makes (moodtunes_model_call_duration_seconds,
-    moodtunes_model_call_batch_size): GrpcBackend sends the faces of a photo in calls of at most
-    GRPC_BATCH_SIZE rows, each through its `_call`."""
-    call = backend._call
-
-    def metered(batch):
-        with observability.model_call(model, len(batch)):
-            return call(batch)
-
-    backend._call = metered
-    return backend
+    return FerPipeline(backend, models_dir=s.models_dir, model_name=s.model_name)
 
 
 def classify_faces(grey, boxes) -> tuple[list[Face], ModelRef]:

@@ -41,9 +41,27 @@ def use_gateway_pool() -> None:
         pool.resize(pool.max_size)
 
 
+_pool_check = threading.Lock()
+
+
+def _drop_dead_connections_soon() -> None:
+    """After a PostgreSQL restart the pool's idle connections are dead: one background check at a
+    time drops them, so the next request gets a live one while this one's 503 stays fast (a check
+    against a hung server could take long)."""
+
+    def check() -> None:
+        try:
+            db.drop_dead_connections()
+        finally:
+            _pool_check.release()
+
+    if _pool_check.acquire(blocking=False):
+        threading.Thread(target=check, name="pool-check", daemon=True).start()
+
+
 def database_unavailable(exc: Exception) -> APIError:
     log.error("database unavailable: %s", exc)
-    db.drop_dead_connections()  # a restarted server: the next request gets a live connection
+    _drop_dead_connections_soon()
     return APIError(
         503,
         "database_unavailable",
