@@ -40,8 +40,10 @@ def build_vgg16(
     num_classes: int = len(CLASS_NAMES),
     batch_norm: bool = True,
     weight_decay: float = 0.0,
+    width: float = 1.0,
 ) -> keras.Model:
-    """Input: float32 pixels in [0, 255], shape (N, size, size, 1). Output: class probabilities."""
+    """Input: float32 pixels in [0, 255], shape (N, size, size, 1). Output: class probabilities.
+    `width` scales every block's filters (2.0: VGG16's own 64-128-256-512-512)."""
     import keras
     from keras import layers
 
@@ -52,7 +54,12 @@ def build_vgg16(
         for conv in range(1, n_convs + 1):
             name = f"block{block}_conv{conv}"
             x = layers.Conv2D(
-                filters, 3, padding="same", use_bias=not batch_norm, kernel_regularizer=reg, name=name
+                round(filters * width),
+                3,
+                padding="same",
+                use_bias=not batch_norm,
+                kernel_regularizer=reg,
+                name=name,
             )(x)
             if batch_norm:
                 x = layers.BatchNormalization(name=f"{name}_bn")(x)

@@ -28,72 +28,10 @@ LABEL_SMOOTHING = 0.1
 ROTATION_DEG = 15  # paper: 20; FER2013 faces are already roughly aligned
 SHIFT = 0.1  # paper: 0.2, which pushes eyes or mouth out of these tight crops
 ZOOM = 0.1
+CONTRAST = 0.2  # contrast factor drawn from [0.8, 1.2] per image
 ERASE_PROB = 0.5  # random erasing (Zhong et al. 2017): one grey-noise box per image, 2-20% area
 ERASE_AREA = (0.02, 0.20)
 MIXUP_ALPHA = 0.0  # mixup (Zhang et al. 2018) Beta(alpha, alpha) mixing weight; 0 turns it off
-
-
-def augmenter():
-    import keras
-    from keras import layers
-
-    return keras.Sequential(
-        [
-            layers.RandomFlip("horizontal", seed=SEED),
-            layers.RandomRotation(ROTATION_DEG / 360.0, fill_mode="reflect", seed=SEED + 1),
-            layers.RandomTranslation(SHIFT, SHIFT, fill_mode="reflect", seed=SEED + 2),
-            layers.RandomZoom(ZOOM, fill_mode="reflect", seed=SEED + 3),
-            layers.RandomContrast(0.2, seed=SEED + 4),
-        ],
-        name="augment",
-    )
-
-
-def random_erasing(images, prob: float = ERASE_PROB, area=ERASE_AREA, seed: int = SEED):
-    """Blanks one random rectangle per image with noise (batched, inside the tf.data graph), so
-    the network cannot lean on one region (a mouth, an eye) alone."""
-    import tensorflow as tf
-
-    shape = tf.shape(images)
-    n, h, w = shape[0], shape[1], shape[2]
-    hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
-    frac = tf.random.uniform([n], area[0], area[1])
-    aspect = tf.exp(tf.random.uniform([n], -1.0, 1.0))  # aspect ratio in [1/e, e]
-    eh = tf.clip_by_value(tf.sqrt(frac * aspect) * hf, 1.0, hf)
-    ew = tf.clip_by_value(tf.sqrt(frac / aspect) * wf, 1.0, wf)
-    top = tf.random.uniform([n]) * (hf - eh)
-    left = tf.random.uniform([n]) * (wf - ew)
-    rows = tf.cast(tf.range(h), tf.float32)[None, :, None]
-    cols = tf.cast(tf.range(w), tf.float32)[None, None, :]
-    inside = (
-        (rows >= top[:, None, None])
-        & (rows < (top + eh)[:, None, None])
-        & (cols >= left[:, None, None])
-        & (cols < (left + ew)[:, None, None])
-    )
-    apply = tf.random.uniform([n]) < prob
-    mask = tf.logical_and(inside, apply[:, None, None])[..., None]
-    noise = tf.random.uniform(tf.shape(images), 0.0, 255.0)
-    return tf.where(mask, noise, images)
-
-
-def mixup(images, labels, weights, alpha: float = MIXUP_ALPHA):
-    """Blends each image and its one-hot label with a partner from the same batch (batched,
-    inside the tf.data graph): soft targets between classes that FER2013 itself confuses
-    (fear/sad, angry/neutral) regularise a net that otherwise memorises the training split."""
-    import tensorflow as tf
-
-    n = tf.shape(images)[0]
-    g1 = tf.random.gamma([n], alpha)
-    g2 = tf.random.gamma([n], alpha)
-    lam = g1 / (g1 + g2 + 1e-12)
-    partner = tf.random.shuffle(tf.range(n))
-    mixed_images = lam[:, None, None, None] * images + (1.0 - lam[:, None, None, None]) * tf.gather(
-        images, partner
-    )
-    mixed_labels = lam[:, None] * labels + (1.0 - lam[:, None]) * tf.gather(labels, partner)
-    mixed_weights = lam * weights + (1.0 - lam) * tf.gather(weights, partner)
-    return mixed_images, mixed_labels, mixed_weights
 
 
 def class_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
@@ -103,24 +41,32 @@ def class_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
     return (w / (w * counts).sum() * counts.sum()).astype(np.float32)
 
 
-def make_dataset(x, y, batch_size, num_classes, training, weights=None, mixup_alpha: float = MIXUP_ALPHA):
-    import tensorflow as tf
-
-    x = x[..., None].astype(np.float32)
-    onehot = np.eye(num_classes, dtype=np.float32)[y]
+def make_dataset(
+    x, y, batch_size, num_classes, training, weights=None, mixup_alpha: float = MIXUP_ALPHA, seed: int = SEED
+):
+    """Training: augmented `TrainingBatches`; evaluation: plain (images, one-hot) numpy batches."""
     if training:
-        sw = (weights if weights is not None else np.ones(num_classes, np.float32))[y]
-        ds = tf.data.Dataset.from_tensor_slices((x, onehot, sw))
-        ds = ds.shuffle(len(x), seed=SEED, reshuffle_each_iteration=True)
-        aug = augmenter()
-        ds = ds.batch(batch_size).map(
-            lambda a, b, c: (random_erasing(aug(a, training=True)), b, c), num_parallel_calls=tf.data.AUTOTUNE
-        )
-        if mixup_alpha > 0:
-            ds = ds.map(lambda a, b, c: mixup(a, b, c, mixup_alpha), num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        ds = tf.data.Dataset.from_tensor_slices((x, onehot)).batch(batch_size)
-    return ds.prefetch(tf.data.AUTOTUNE)
+        from moodtunes_fer_training.augment import TrainingBatches
+
+        return TrainingBatches(x, y, batch_size, num_classes, weights, mixup_alpha, seed)
+    return x[..., None].astype(np.float32), np.eye(num_classes, dtype=np.float32)[y]
+
+
+def cosine_lr(epoch: int, planned_epochs: int, peak_lr: float) -> float:
+    """Per-epoch learning rate of a time-budgeted run: one warm-up epoch at peak/10, then a cosine
+    from the peak to near zero over the epochs the budget is expected to allow."""
+    if epoch < WARMUP_EPOCHS:
+        return peak_lr / 10
+    span = max(1, planned_epochs - WARMUP_EPOCHS)
+    progress = min(1.0, (epoch - WARMUP_EPOCHS + 0.5) / span)
+    return 0.5 * peak_lr * (1.0 + float(np.cos(np.pi * progress)))
+
+
+def plan_epochs(epoch_seconds: list[float], elapsed: float, budget: float, done: int, cap: int) -> int:
+    """How many epochs in all fit the wall-clock budget: the typical epoch time (the first one pays
+    for compilation, so it is left out once there are others) into the time left."""
+    typical = float(np.median(epoch_seconds[1:] if len(epoch_seconds) > 1 else epoch_seconds))
+    return int(min(cap, done + max(0, (budget - elapsed) // typical)))
 
 
 def hardware() -> dict:
@@ -130,9 +76,17 @@ def hardware() -> dict:
         "cpu_count": os.cpu_count(),
     }
     try:
-        import tensorflow as tf
+        import keras
 
-        info["gpus"] = [d.name for d in tf.config.list_physical_devices("GPU")]
+        info["keras_backend"] = keras.backend.backend()
+        if info["keras_backend"] == "jax":
+            import jax
+
+            info["gpus"] = [d.device_kind for d in jax.devices() if d.platform == "gpu"]
+        elif info["keras_backend"] == "tensorflow":
+            import tensorflow as tf
+
+            info["gpus"] = [d.name for d in tf.config.list_physical_devices("GPU")]
     except Exception:  # pragma: no cover - informational only
         pass
     try:
@@ -192,6 +146,8 @@ def train(
     init_from: str | os.PathLike | None = None,
     mixup_alpha: float = MIXUP_ALPHA,
     extra_data: str | os.PathLike | None = None,
+    time_budget_s: float | None = None,
+    width: float = 1.0,
 ) -> dict:
     """Trains (or resumes) a run in `out_dir`; returns its state (epochs done, time, best val).
 
@@ -199,6 +155,9 @@ def train(
     a second cosine cycle continues a finished run (SGDR-style warm restart).
     `extra_data` is a supplement npz (e.g. the AffectNet faces) whose `x_train`/`y_train` are cleaned
     the same way and added to the training split only; validation stays FER2013 PublicTest.
+    `time_budget_s` fits the run to a wall-clock budget (a lent GPU machine's lease): `epochs`
+    becomes a cap, and a per-epoch cosine re-plans the epoch count from measured epoch times.
+    `width` multiplies every conv block's filters (2.0 gives VGG16's own 64-128-256-512-512).
     """
     import keras
 
@@ -229,19 +188,24 @@ def train(
         )
     n_classes = len(CLASS_NAMES)
     weights = class_weights(train_split.y, n_classes)
-    train_ds = make_dataset(train_split.x, train_split.y, batch_size, n_classes, True, weights, mixup_alpha)
+    train_ds = make_dataset(
+        train_split.x, train_split.y, batch_size, n_classes, True, weights, mixup_alpha, seed + done
+    )
     val_ds = make_dataset(val_split.x, val_split.y, batch_size, n_classes, False)
 
     steps_per_epoch = int(np.ceil(len(train_split.x) / batch_size))
     warmup = WARMUP_EPOCHS * steps_per_epoch
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=peak_lr / 10,
-        decay_steps=max(1, epochs * steps_per_epoch - warmup),
-        warmup_target=peak_lr,
-        warmup_steps=warmup,
-        alpha=0.0,
-    )
-    model = build_vgg16(num_classes=n_classes)
+    if time_budget_s:
+        schedule = cosine_lr(done, epochs, peak_lr)  # a plain rate that BudgetPlan sets each epoch
+    else:
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=peak_lr / 10,
+            decay_steps=max(1, epochs * steps_per_epoch - warmup),
+            warmup_target=peak_lr,
+            warmup_steps=warmup,
+            alpha=0.0,
+        )
+    model = build_vgg16(num_classes=n_classes, width=width)
     if init_from:
         load_initial_weights(model, init_from)
     model.compile(
@@ -269,6 +233,8 @@ def train(
             "extra_data": extra_report,
             "seed": seed,
             "epochs_planned": epochs,
+            "time_budget_s": time_budget_s,
+            "width": width,
             "batch_size": batch_size,
             "peak_lr": peak_lr,
             "class_weights": weights.round(4).tolist(),
@@ -323,8 +289,40 @@ def train(
         ),
         StateLogger(),
     ]
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=verbose)
-    state["finished"] = state["epochs_done"] >= epochs
+    if time_budget_s:
+        started = time.perf_counter()
+        epoch_seconds: list[float] = []
+
+        class BudgetPlan(keras.callbacks.Callback):
+            """Sets each epoch's rate on a cosine over the epochs the budget allows, re-planned from
+            the epoch times seen so far; stops when the next epoch would overrun the budget."""
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t0 = time.perf_counter()
+                rate = cosine_lr(epoch, state["epochs_planned"], peak_lr)
+                self.model.optimizer.learning_rate = rate
+                state.setdefault("learning_rate_by_epoch", {})[str(epoch + 1)] = round(rate, 6)
+
+            def on_epoch_end(self, epoch, logs=None):
+                epoch_seconds.append(time.perf_counter() - self.t0)
+                planned = plan_epochs(
+                    epoch_seconds, time.perf_counter() - started, time_budget_s, epoch + 1, epochs
+                )
+                state["epochs_planned"] = planned
+                state_file.write_text(json.dumps(state, indent=2))
+                if planned <= epoch + 1:
+                    self.model.stop_training = True
+
+        callbacks.insert(0, BudgetPlan())
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        validation_batch_size=batch_size,
+        epochs=epochs,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    state["finished"] = state["epochs_done"] >= state["epochs_planned"]
     state_file.write_text(json.dumps(state, indent=2))
     return state
 
@@ -372,15 +370,42 @@ def plot_history(csv_paths, png_path: Path) -> None:
     plt.close(fig)
 
 
-if __name__ == "__main__":  # `moodtunes fer train` is the documented entry point
+def main(argv=None) -> dict:
+    """`python -m moodtunes_fer_training.train`: the same run without the CLI's dependencies, for
+    machines that hold only a Keras backend (a lent GPU machine has JAX and PyTorch, no TensorFlow).
+    `moodtunes fer train` is the documented entry point."""
     import argparse
 
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
     p.add_argument("--data")
     p.add_argument("--out", default="runs/fer_vgg16")
     p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--peak-lr", type=float, default=PEAK_LR)
+    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--mixup", type=float, default=MIXUP_ALPHA)
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--time-budget", type=float, help="seconds; epochs becomes a cap")
     p.add_argument("--limit", type=int)
     p.add_argument("--jit", default="auto")
-    a = p.parse_args()
+    p.add_argument("--verbose", type=int, default=2)
+    a = p.parse_args(argv)
     jit = {"true": True, "false": False}.get(a.jit, a.jit)
-    print(json.dumps(train(a.data, a.out, a.epochs, limit=a.limit, jit_compile=jit), indent=2))
+    return train(
+        a.data,
+        a.out,
+        a.epochs,
+        batch_size=a.batch_size,
+        peak_lr=a.peak_lr,
+        seed=a.seed,
+        limit=a.limit,
+        verbose=a.verbose,
+        jit_compile=jit,
+        mixup_alpha=a.mixup,
+        time_budget_s=a.time_budget,
+        width=a.width,
+    )
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=2))
