@@ -108,6 +108,7 @@ def test_field_numbers_are_never_reused():
         "diversity": 4,
         "client_key": 5,
         "drive": 6,
+        "session_id": 7,
     }
 
 

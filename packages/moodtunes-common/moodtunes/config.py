@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     session_max_age_s: int = 365 * 86400
     rate_limit_jobs: str = "120/minute"  # per client (its owner identity, else its IP); "" turns it off
     rate_limit_feedback: str = "300/minute"
+    rate_limit_frames: str = "120/minute"  # live-session frames per client: a frame every 0.5 s
     max_unfinished_jobs_per_client: int = 20  # 429 too_many_jobs beyond this; 0 turns it off
     fer_queue_max_depth: int = 500  # 503 queue_full while more FER tasks wait; 0 turns it off
     queue_depth_cache_s: float = 1.0  # how long the gateway reuses a queue depth it read

@@ -48,8 +48,10 @@ def job_options(
     diversity: float | None = None,
     client_key: str | None = None,
     drive: str = DEFAULT_DRIVE,
+    session_id: str | None = None,
 ) -> JobOptions:
-    """The options message of a job, from the values the gateway stores in its row."""
+    """The options message of a job, from the values the gateway stores in its row; a frame of a
+    live session names its session."""
     if not isinstance(filters, Filters):
         filters = Filters.model_validate(filters or {})
     options = JobOptions(
@@ -57,6 +59,7 @@ def job_options(
         limit=limit,
         client_key=client_key or "",
         drive=drive,
+        session_id=session_id or "",
         filters=from_json(filters.model_dump(mode="json", exclude_none=True), FiltersMessage),
     )
     if diversity is not None:
@@ -73,6 +76,7 @@ def options_from_row(job: dict) -> JobOptions:
         diversity=job["diversity"],
         client_key=job["client_key"],
         drive=job.get("drive") or DEFAULT_DRIVE,
+        session_id=str(job["session_id"]) if job.get("session_id") else None,
     )
 
 

@@ -41,7 +41,7 @@ FINAL_SQL = "(" + ", ".join(f"'{s}'" for s in FINAL) + ")"
 DROPS_IMAGE = (RECOMMENDING, DONE, FAILED)  # the photo is kept only until its faces are classified
 CLAIMABLE = (QUEUED, DETECTING, CLASSIFYING)  # a (re)delivered FER task may start from these
 
-JOB_COLUMNS = """id, status, mode, track_limit, filters, diversity, client_key, drive, image_type,
+JOB_COLUMNS = """id, status, mode, track_limit, filters, diversity, client_key, drive, session_id, image_type,
     image_bytes, image_width, image_height, faces, chosen_face, model, recommendation, error_code,
     error_message, attempts, requeues, requeued_at, last_error, created_at, updated_at, started_at,
     finished_at"""
@@ -73,7 +73,7 @@ def _using(conn: psycopg.Connection | None) -> Iterator[psycopg.Connection]:
             yield own
 
 
-def _db_value(value: Any) -> Any:
+def db_value(value: Any) -> Any:
     """Result models are stored as their JSON (moodtunes.results); dicts and lists as jsonb."""
     if isinstance(value, BaseModel) or (
         isinstance(value, list) and value and all(isinstance(v, BaseModel) for v in value)
@@ -102,14 +102,18 @@ def create(
     client_key: str | None = None,
     diversity: float | None = None,
     drive: str = DEFAULT_DRIVE,
+    session_id: str | None = None,
+    conn: psycopg.Connection | None = None,
 ) -> dict[str, Any]:
-    """Stores a queued job and its photo in one statement; returns its status and created_at."""
-    with connection() as conn:
+    """Stores a queued job and its photo in one statement; returns its status and created_at.
+    `session_id` makes it a frame of a live session (moodtunes.live); `conn`, part of the
+    caller's transaction."""
+    with _using(conn) as conn:
         return conn.execute(
             """WITH job AS (
                    INSERT INTO jobs (id, status, mode, track_limit, filters, diversity, client_key,
-                                     drive, image_type, image_bytes, image_width, image_height)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                                     drive, session_id, image_type, image_bytes, image_width, image_height)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                    RETURNING id, status, created_at),
                photo AS (INSERT INTO job_images (job_id, content) SELECT id, %s FROM job)
                SELECT status, created_at FROM job""",
@@ -122,6 +126,7 @@ def create(
                 diversity,
                 client_key,
                 drive,
+                session_id,
                 image_type,
                 len(image),
                 width,
@@ -159,7 +164,7 @@ def _sets(to_status: str, fields: dict[str, Any]) -> tuple[list[str], list[Any]]
         sets.append("finished_at = now()")
     for key, value in fields.items():
         sets.append(f"{key} = %s")
-        params.append(_db_value(value))
+        params.append(db_value(value))
     return sets, params
 
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from moodtunes import jobs, observability
+from moodtunes import jobs, live, observability
 from moodtunes.config import get_settings
 from moodtunes.db import connection
 from moodtunes.events import JobOptions, options_from_row
@@ -137,10 +137,15 @@ def _reconcile_job(conn, row, job_id: str, enqueue, done: Round, broker_down: bo
 
 
 def purge() -> int:
-    """Deletes finished jobs older than JOB_RETENTION_DAYS; returns how many."""
-    n = jobs.purge_finished(get_settings().job_retention_days * 86400)
+    """Deletes finished jobs, and live sessions closed or idle, older than JOB_RETENTION_DAYS;
+    returns how many jobs."""
+    days = get_settings().job_retention_days
+    n = jobs.purge_finished(days * 86400)
     if n:
-        log.info("deleted %d finished job(s) older than %g days", n, get_settings().job_retention_days)
+        log.info("deleted %d finished job(s) older than %g days", n, days)
+    sessions = live.purge(days * 86400)
+    if sessions:
+        log.info("deleted %d live session(s) closed or idle for over %g days", sessions, days)
     return n
 
 

@@ -20,7 +20,7 @@ from moodtunes_gateway import errors, observability
 from moodtunes_gateway.guards import QueueDepth
 from moodtunes_gateway.identity import Sessions
 from moodtunes_gateway.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
-from moodtunes_gateway.routes import health, jobs
+from moodtunes_gateway.routes import health, jobs, sessions
 
 STATIC = Path(__file__).with_name("static")
 log = logging.getLogger("moodtunes.gateway")
@@ -107,6 +107,7 @@ def create_app() -> FastAPI:
     )
     app.include_router(health.router)
     app.include_router(jobs.router, dependencies=[Depends(observability.bind_path_job_id)])
+    app.include_router(sessions.router)
     document_optional_api_key(app)
     observability.instrument(app)
 

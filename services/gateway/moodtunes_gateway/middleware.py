@@ -17,7 +17,7 @@ from moodtunes_gateway.errors import count_rejection, error_body
 
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries, part headers and the small form fields
 OTHER_BODY_BYTES = 64 * 1024  # every other request body (feedback JSON) is tiny
-UPLOAD_PATH_SUFFIX = "/v1/jobs"
+UPLOAD_PATH_SUFFIXES = ("/v1/jobs", "/frames")  # POST /v1/jobs, POST /v1/sessions/{id}/frames
 CLOSE = (b"connection", b"close")
 
 
@@ -31,7 +31,7 @@ class BodyTooLarge(HTTPException):
 
 def body_limit(scope: Scope) -> int:
     """Bytes a request may send: a photo upload its file limit plus the form around it."""
-    if scope["path"].rstrip("/").endswith(UPLOAD_PATH_SUFFIX):
+    if scope["path"].rstrip("/").endswith(UPLOAD_PATH_SUFFIXES):
         return get_settings().max_upload_bytes + FORM_OVERHEAD_BYTES
     return OTHER_BODY_BYTES
 

@@ -60,6 +60,7 @@ class Job(BaseModel):
     filters: Filters | None = None
     diversity: float | None = None
     drive: Drive = "face"
+    session_id: str | None = None  # a live session's frame: its result is the session's
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None
@@ -70,3 +71,81 @@ class Job(BaseModel):
     model: ModelRef | None = None
     recommendation: Recommendation | None = None
     error: ErrorInfo | None = None
+
+
+class LiveSessionCreated(BaseModel):
+    id: str
+    status_url: str
+    frames_url: str
+    mode: str
+    limit: int
+    window_s: float
+    created_at: datetime
+
+
+class FrameAccepted(BaseModel):
+    frame_id: str
+    session_id: str
+    status: Status
+    superseded: list[str]  # waiting frames this newer one replaced (backpressure)
+    frames_dropped: int
+
+
+class Smoothing(BaseModel):
+    alpha: float
+    hysteresis: float
+
+
+class LatestFrame(BaseModel):
+    id: str
+    status: Status
+    error_code: str | None = None
+    created_at: datetime
+
+
+class LiveFrame(BaseModel):
+    id: str
+    at: datetime
+    emotion: str
+    probabilities: dict[str, float]
+    smoothed_emotion: str
+    valence: float
+    arousal: float
+
+
+class TrendPoint(BaseModel):
+    at: datetime
+    valence: float
+    arousal: float
+    emotion: str
+
+
+class SmoothedMood(BaseModel):
+    emotion: str
+    probabilities: dict[str, float]
+    valence: float
+    arousal: float
+
+
+class LiveSession(BaseModel):
+    id: str
+    mode: str
+    limit: int
+    filters: Filters | None = None
+    diversity: float | None = None
+    window_s: float
+    smoothing: Smoothing
+    created_at: datetime
+    updated_at: datetime
+    closed_at: datetime | None = None
+    frames_received: int
+    frames_processed: int
+    frames_dropped: int
+    latest_frame: LatestFrame | None = None
+    frames: list[LiveFrame]
+    trend: list[TrendPoint]
+    smoothed: SmoothedMood | None = None
+    playlist: Recommendation | None = None
+    playlist_emotion: str | None = None
+    playlist_changes: int
+    playlist_updated_at: datetime | None = None

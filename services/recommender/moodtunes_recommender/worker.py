@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from moodtunes import jobs, observability
+from moodtunes import jobs, live, observability
 from moodtunes.db import TRANSIENT_ERRORS, connection, retry_transient
 from moodtunes.events import EmotionDetected, drive_of, filters_of, from_json, options_from_row
 from moodtunes.queue import RECOMMEND_TASK, make_celery
@@ -81,10 +81,66 @@ def group_mood(event: EmotionDetected) -> GroupMood | None:
     return GroupMood(faces=g.faces, weights=[round(w, 6) for w in g.weights], spread=round(g.spread, 6))
 
 
+def build_recommendation(conn, event: EmotionDetected, options, probs, listener: Listener) -> Recommendation:
+    """The playlist for `probs` under the job's options, the listener's likes and dislikes."""
+    mode, n = options.mode, options.limit
+    filters = filters_of(options)
+    diversity = options.diversity if options.HasField("diversity") else None
+    targets = listener.pulled(mapping.targets(probs, mode, n))
+    tracks = matching.build_playlist(
+        conn, targets, filters, listener.disliked, diversity, mapping.min_valence(mode, n)
+    )
+    goal = listener.pulled(mapping.target(probs, mode)[None, :])[0]
+    features = mapping.features()
+    return Recommendation(
+        mode=mode,
+        drive=drive_of(options),
+        group=group_mood(event),
+        emotion_probabilities=dict(zip(event.emotions, (round(float(p), 6) for p in probs), strict=True)),
+        target=mapping.describe(goal),
+        target_vector=[round(float(v), 6) for v in goal],
+        targets=[mapping.describe(t) for t in targets[: len(tracks)]],
+        playlist_mean=(
+            {f: round(sum(t.features[f] for t in tracks) / len(tracks), 6) for f in features}
+            if tracks
+            else None
+        ),
+        filters=filters,
+        diversity=diversity,
+        excluded_disliked=len(listener.disliked),
+        liked_pull=round(listener.like_pull, 6) if listener.liked_count else None,
+        tracks=tracks,
+    )
+
+
+def mood_of(probabilities) -> tuple[float, float]:
+    """A mood as (valence, arousal) in music terms: the `match` target's valence and energy."""
+    point = mapping.target(probabilities, "match")
+    features = mapping.features()
+    return float(point[features.index("valence")]), float(point[features.index("energy")])
+
+
+def live_frame(conn, event: EmotionDetected, options, probs, listener: Listener) -> Recommendation | None:
+    """A live session's frame: smooths the session's mood (moodtunes.live) and rebuilds its
+    playlist, from the smoothed probabilities, only when the smoothed emotion changed."""
+    session = live.lock_for_frame(conn, options.session_id, event.job_id)
+    if session is None or session["closed_at"] is not None:
+        log.info("frame %s: session %s is gone or closed", event.job_id, options.session_id)
+        return None
+    state = live.next_state(session, event.job_id, session["frame_at"], session["now"], probs, mood_of)
+    playlist = None
+    if state["playlist_due"]:
+        smoothed = [state["smoothed"]["probabilities"][e] for e in event.emotions]
+        playlist = build_recommendation(conn, event, options, smoothed, listener)
+    live.store(conn, options.session_id, state, playlist)
+    return playlist
+
+
 def recommend(event: EmotionDetected) -> Recommendation | None:
     """The playlist of the event's job, in one transaction. Its stages, timed and (when tracing)
-    spanned: lock (the job row, and the client's dislikes), match (targets and playlist), store
-    (the result; -> done)."""
+    spanned: lock (the job row, and the client's dislikes), match (targets and playlist) or, for a
+    live session's frame, session (smoothing, and the playlist when the mood changed), store
+    (the result; -> done). A frame's job ends done without a result of its own: it is the session's."""
     if list(event.emotions) != mapping.emotions():
         raise ValueError(f"event emotions {list(event.emotions)} != {mapping.emotions()}")
     options = event.options
@@ -94,49 +150,27 @@ def recommend(event: EmotionDetected) -> Recommendation | None:
             log.info("job %s is unknown: nothing to do", event.job_id)
             return None
         options = options_from_row(job)
-    mode, n = options.mode, options.limit
-    filters = filters_of(options)
-    diversity = options.diversity if options.HasField("diversity") else None
     probs = list(event.probabilities)
-    targets = mapping.targets(probs, mode, n)
     with connection() as conn:
         with observability.stage(SERVICE, "lock"):
-            status, listener = lock_job(conn, event.job_id, options.client_key, mode)
-        excluded = listener.disliked
-        targets = listener.pulled(targets)
+            status, listener = lock_job(conn, event.job_id, options.client_key, options.mode)
         if status != jobs.RECOMMENDING:
             log.info("job %s is %s: nothing to do", event.job_id, status)
             return None  # redelivered event of a finished job, or an unknown job
+        if options.session_id:
+            with observability.stage(SERVICE, "session"):
+                recommendation = live_frame(conn, event, options, probs, listener)
+            with observability.stage(SERVICE, "store"):
+                jobs.transition(event.job_id, (jobs.RECOMMENDING,), jobs.DONE, conn=conn)
+            log.info("frame %s done: playlist %s", event.job_id, "rebuilt" if recommendation else "kept")
+            return recommendation
         with observability.stage(SERVICE, "match"):
-            tracks = matching.build_playlist(
-                conn, targets, filters, excluded, diversity, mapping.min_valence(mode, n)
-            )
-            goal = listener.pulled(mapping.target(probs, mode)[None, :])[0]
-            features = mapping.features()
-            recommendation = Recommendation(
-                mode=mode,
-                drive=drive_of(options),
-                group=group_mood(event),
-                emotion_probabilities=dict(zip(event.emotions, (round(p, 6) for p in probs), strict=True)),
-                target=mapping.describe(goal),
-                target_vector=[round(float(v), 6) for v in goal],
-                targets=[mapping.describe(t) for t in targets[: len(tracks)]],
-                playlist_mean=(
-                    {f: round(sum(t.features[f] for t in tracks) / len(tracks), 6) for f in features}
-                    if tracks
-                    else None
-                ),
-                filters=filters,
-                diversity=diversity,
-                excluded_disliked=len(excluded),
-                liked_pull=round(listener.like_pull, 6) if listener.liked_count else None,
-                tracks=tracks,
-            )
+            recommendation = build_recommendation(conn, event, options, probs, listener)
         with observability.stage(SERVICE, "store"):
             jobs.transition(
                 event.job_id, (jobs.RECOMMENDING,), jobs.DONE, conn=conn, recommendation=recommendation
             )
-    log.info("job %s done: %d tracks", event.job_id, len(tracks))
+    log.info("job %s done: %d tracks", event.job_id, len(recommendation.tracks))
     return recommendation
 
 

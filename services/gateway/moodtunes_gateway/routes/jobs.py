@@ -112,13 +112,7 @@ def create_job(
     backends.use_gateway_pool()
     guards.check_unfinished(owner.key)
     request.app.state.queue_depth.check()
-    try:
-        data = image.file.read(s.max_upload_bytes + 1)  # the file is on disk already, within the limit
-        with decode_slots():
-            checked = check_image(data, s.max_upload_bytes, s.max_image_pixels)
-    except APIError as exc:
-        JOBS_REJECTED.labels(exc.code).inc()
-        raise
+    data, checked = read_checked_image(image)
     job_id = jobs.new_job_id()
     observability.bind_job_id(job_id)  # this request's log lines and span name the job from here on
     try:
@@ -137,20 +131,46 @@ def create_job(
         )
     except psycopg.OperationalError as exc:
         raise backends.database_unavailable(exc) from exc
-    try:  # the options travel with the work: no worker reads them back from the job row
-        enqueue_fer(
-            job_id,
-            app=backends.producer(),
-            options=job_options(
-                mode=mode,
-                limit=limit,
-                filters=filters,
-                diversity=diversity,
-                client_key=owner.key,
-                drive=drive,
-            ),
-        )
-    except Exception as exc:  # broker down: the job must not sit in 'queued' forever
+    # the options travel with the work: no worker reads them back from the job row
+    enqueue_or_fail(
+        job_id,
+        job_options(
+            mode=mode,
+            limit=limit,
+            filters=filters,
+            diversity=diversity,
+            client_key=owner.key,
+            drive=drive,
+        ),
+    )
+    if owner.new_session:
+        request.app.state.sessions.set_cookie(response, owner.new_session)
+    JOBS_CREATED.labels(mode).inc()
+    log.info("job %s queued: mode %s, limit %d, %d bytes", job_id, mode, limit, len(data))
+    url = str(request.url_for("get_job", job_id=job_id).path)
+    response.headers["Location"] = url
+    return JobAccepted(id=job_id, status=created["status"], status_url=url, created_at=created["created_at"])
+
+
+def read_checked_image(image: UploadFile):
+    """The uploaded photo's bytes and what check_image found (4xx with a code when it is no good)."""
+    s = get_settings()
+    try:
+        data = image.file.read(s.max_upload_bytes + 1)  # the file is on disk already, within the limit
+        with decode_slots():
+            checked = check_image(data, s.max_upload_bytes, s.max_image_pixels)
+    except APIError as exc:
+        JOBS_REJECTED.labels(exc.code).inc()
+        raise
+    return data, checked
+
+
+def enqueue_or_fail(job_id: str, options) -> None:
+    """Sends the stored job to the FER queue; with the broker down the job fails at once (never
+    sits in 'queued') and the client gets a 503 queue_unavailable."""
+    try:
+        enqueue_fer(job_id, app=backends.producer(), options=options)
+    except Exception as exc:
         log.error("enqueue failed for job %s: %s", job_id, exc)
         try:
             jobs.fail(
@@ -162,13 +182,6 @@ def create_job(
         except psycopg.OperationalError as db_exc:  # both down: the job times out instead
             log.error("could not fail job %s: %s", job_id, db_exc)
         raise backends.queue_unavailable(exc) from exc
-    if owner.new_session:
-        request.app.state.sessions.set_cookie(response, owner.new_session)
-    JOBS_CREATED.labels(mode).inc()
-    log.info("job %s queued: mode %s, limit %d, %d bytes", job_id, mode, limit, len(data))
-    url = str(request.url_for("get_job", job_id=job_id).path)
-    response.headers["Location"] = url
-    return JobAccepted(id=job_id, status=created["status"], status_url=url, created_at=created["created_at"])
 
 
 def job_filters(year_min, year_max, genres, min_popularity, exclude_explicit) -> Filters:
@@ -197,6 +210,7 @@ def job_view(row: dict) -> dict:
         "filters": row["filters"],
         "diversity": row["diversity"],
         "drive": row["drive"],
+        "session_id": str(row["session_id"]) if row.get("session_id") else None,
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
         "started_at": row["started_at"],
@@ -215,7 +229,7 @@ def job_view(row: dict) -> dict:
     }
 
 
-def _valid_id(job_id: str) -> bool:
+def valid_id(job_id: str) -> bool:
     try:
         uuid.UUID(job_id)
     except ValueError:
@@ -231,7 +245,7 @@ def _valid_id(job_id: str) -> bool:
 )
 def get_job(job_id: str, owner: Annotated[Owner | None, Depends(current_owner)], _key: ApiKey):
     """The job, to its owner only: to anyone else it does not exist (404, as for an unknown id)."""
-    if owner is None or not _valid_id(job_id):
+    if owner is None or not valid_id(job_id):
         raise job_not_found(job_id)
     backends.use_gateway_pool()
     try:
@@ -293,7 +307,7 @@ def post_feedback(
 def _own_job_for_feedback(request: Request, job_id: str, owner: Owner | None) -> dict:
     client = owner.limit_key if owner else "ip:" + client_ip(request)
     guards.check_rate("feedback", get_settings().rate_limit_feedback, client)
-    if owner is None or not _valid_id(job_id):
+    if owner is None or not valid_id(job_id):
         raise job_not_found(job_id)
     backends.use_gateway_pool()
     try:

@@ -34,20 +34,22 @@ class Filters(_message.Message):
     def __init__(self, year_min: _Optional[int] = ..., year_max: _Optional[int] = ..., genres: _Optional[_Iterable[str]] = ..., min_popularity: _Optional[int] = ..., exclude_explicit: _Optional[bool] = ...) -> None: ...
 
 class JobOptions(_message.Message):
-    __slots__ = ("mode", "limit", "filters", "diversity", "client_key", "drive")
+    __slots__ = ("mode", "limit", "filters", "diversity", "client_key", "drive", "session_id")
     MODE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
     DIVERSITY_FIELD_NUMBER: _ClassVar[int]
     CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
     DRIVE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     mode: str
     limit: int
     filters: Filters
     diversity: float
     client_key: str
     drive: str
-    def __init__(self, mode: _Optional[str] = ..., limit: _Optional[int] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., diversity: _Optional[float] = ..., client_key: _Optional[str] = ..., drive: _Optional[str] = ...) -> None: ...
+    session_id: str
+    def __init__(self, mode: _Optional[str] = ..., limit: _Optional[int] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., diversity: _Optional[float] = ..., client_key: _Optional[str] = ..., drive: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class GroupMood(_message.Message):
     __slots__ = ("faces", "weights", "spread")
