@@ -1,7 +1,6 @@
 """/v1/sessions on the in-process gateway against the real PostgreSQL and Redis: open, frames
 (same image rules as jobs, queued as FER work naming their session), backpressure, read, close."""
 
-
 import pytest
 import redis
 
