@@ -292,6 +292,7 @@ function chooseFile(file) {
   // Every way in (picker, drop, paste, camera, shrink) comes here: the file is checked in the
   // browser first; a file the server would refuse is never sent, nor shown as a broken picture.
   const pick = ++state.pick;
+  stopLive("you chose a photo instead");
   hideError();
   state.checking = (async () => {
     const { problem, kind } = await checkFile(file);
@@ -346,11 +347,19 @@ function setFile(file) {
     state.pick++;
     img.removeAttribute("src");
     showPanes(true);
+    updateSubmitRow();
     return;
   }
   img.src = state.fileUrl;
   $("#preview-name").textContent = `${file.name || "photo"} · ${fmtBytes(file.size)}`;
   showPanes(false);
+  updateSubmitRow();
+}
+
+function updateSubmitRow() {
+  // On the live tab (and no photo chosen) the live buttons are the way in, not "Find my music".
+  const liveTab = $("#tab-live")?.getAttribute("aria-selected") === "true";
+  $(".submit-row").hidden = liveTab && !state.file;
 }
 
 function showPanes(show) {
@@ -402,6 +411,8 @@ function setupTabs() {
     }
     if (focus) tab.focus();
     if (tab.id !== "tab-camera") stopCamera();
+    if (tab.id !== "tab-live") stopLive("you switched to a single photo");
+    updateSubmitRow();
   };
   tabs.forEach((tab, i) => {
     tab.addEventListener("click", () => select(tab, false));
@@ -489,8 +500,9 @@ function setupCamera() {
 // ───────────────────────── submit and progress ─────────────────────────
 
 function show(which) {
-  // which: "intro" | "progress" | "results" | "error" (error keeps progress visible)
+  // which: "intro" | "progress" | "results" | "error" (error keeps progress visible) | "live"
   $("#intro").hidden = which !== "intro";
+  $("#live").hidden = which !== "live";
   $("#progress").hidden = !(which === "progress" || which === "results" || which === "error");
   $("#results").hidden = which !== "results";
   if (which !== "error") hideError();
@@ -528,6 +540,7 @@ function validate(form) {
 
 async function submit() {
   stopCamera();
+  stopLive("you sent a photo instead");
   // A file still being checked: wait; if it is refused, its message is what the user needs to see.
   if (state.checking && !(await state.checking) && !state.file) return;
   const form = collectForm();
@@ -636,6 +649,7 @@ function showError(info, { focus = false } = {}) {
   $("#error-shrink").hidden = !(copy.shrink && state.file);
   $("#intro").hidden = true;
   $("#results").hidden = true;
+  $("#live").hidden = true;
   const pending = Boolean(info?.local) || ["missing_image", "invalid_limit", "invalid_filters"].includes(code);
   $("#progress").hidden = pending; // problems found in the browser never reached the server
   if (!pending) setStage("failed", `Stopped: ${copy.title.toLowerCase()}.`);
@@ -795,18 +809,23 @@ function renderEmotions(job) {
     el("span", { class: "headline-label", text: "Mood " }),
     el("span", { class: `headline-emotion emo-${top}`, "data-testid": "emotion-top", text: emotionLabel(top) }),
     el("span", { class: "headline-conf", text: ` ${pct(conf, 0)} sure` }));
-  $("#emotion-chart").replaceChildren(...orderedEmotions(probs).map((e) => {
+  $("#emotion-chart").replaceChildren(...emotionBars(probs, top));
+  const m = job.model;
+  $("#model-info").textContent = m ? `Model: ${m.name}${m.version ? ` v${m.version}` : ""}${m.head ? ` · ${m.head}` : ""}` : "";
+}
+
+function emotionBars(probs, top, { testid = "emotion-bar", idPrefix = "emo-label" } = {}) {
+  // One bar per emotion, its probability as text and as an ARIA meter.
+  return orderedEmotions(probs).map((e) => {
     const p = Math.max(0, Math.min(1, Number(probs[e]) || 0));
-    const labelId = `emo-label-${e}`;
-    return el("li", { class: `bar-row emo-${e}${e === top ? " is-top" : ""}`, "data-testid": "emotion-bar", "data-emotion": e, "data-value": p.toFixed(4) },
+    const labelId = `${idPrefix}-${e}`;
+    return el("li", { class: `bar-row emo-${e}${e === top ? " is-top" : ""}`, "data-testid": testid, "data-emotion": e, "data-value": p.toFixed(4) },
       el("span", { class: "bar-label", id: labelId, text: emotionLabel(e) }),
       el("span", { class: "bar-track", role: "meter", "aria-labelledby": labelId, "aria-valuemin": "0", "aria-valuemax": "100",
         "aria-valuenow": (p * 100).toFixed(1), "aria-valuetext": pct(p) },
         el("span", { class: "bar-fill", style: `width:${(p * 100).toFixed(2)}%` })),
       el("span", { class: "bar-value", "data-testid": "emotion-value", "aria-hidden": "true", text: pct(p) }));
-  }));
-  const m = job.model;
-  $("#model-info").textContent = m ? `Model: ${m.name}${m.version ? ` v${m.version}` : ""}${m.head ? ` · ${m.head}` : ""}` : "";
+  });
 }
 
 function filtersSummary(req) {
@@ -845,47 +864,52 @@ function renderPlaylist(job) {
     list.replaceChildren(el("li", { class: "empty", text: "No songs matched. Widen the filters and try again." }));
     return;
   }
-  list.replaceChildren(...tracks.map((t, i) => {
-    const f = t.features || {};
-    const artists = (t.artists || []).join(", ") || "Unknown artist";
-    const meta = el("p", { class: "track-meta" },
-      el("span", { class: "track-artists", "data-testid": "track-artists", text: artists }),
-      t.year ? el("span", { class: "track-year", "data-testid": "track-year", text: String(t.year) }) : null,
-      t.genre ? el("span", { class: "chip", text: t.genre.split(";")[0].trim() }) : null);
-    const feats = el("p", { class: "track-feats", "aria-label": "Sound" },
-      ...[["Positivity", f.valence], ["Energy", f.energy]].filter(([, v]) => v !== undefined)
-        .map(([k, v]) => el("span", { class: "feat" }, `${k} `, el("b", { text: Number(v).toFixed(2) }))),
-      f.tempo !== undefined ? el("span", { class: "feat" }, el("b", { text: String(Math.round(f.tempo)) }), " BPM") : null,
-      f.mode !== undefined ? el("span", { class: "feat feat-mode", text: f.mode >= 0.5 ? "major key" : "minor key" }) : null);
-    const title = el("p", { class: "track-title", "data-testid": "track-title", text: t.name || t.track_id });
-    // Fixed columns (link slot, then the vote buttons): the buttons line up in every row, with
-    // or without a Spotify link; a song without one gets a quiet placeholder in the slot.
-    const actions = el("div", { class: "track-actions" });
-    if (t.spotify_url) {
-      const a = el("a", { class: "spotify-link", href: t.spotify_url, target: "_blank", rel: "noopener noreferrer", "data-testid": "spotify-link" });
-      a.innerHTML = `${ICON_OPEN}<span>Open in Spotify</span>`;
-      a.append(el("span", { class: "visually-hidden", text: `: ${t.name} (opens in a new tab)` }));
-      actions.append(a);
-    } else {
-      actions.append(el("span", { class: "spotify-none", "data-testid": "spotify-missing",
-        title: "This song's catalogue entry has no Spotify id", text: "No Spotify link" }));
-    }
-    const like = el("button", { type: "button", class: "vote-btn like", "data-testid": "like-button", "aria-pressed": "false", "aria-label": `Like ${t.name}`, title: "Like" });
-    like.innerHTML = ICON_UP;
-    const dislike = el("button", { type: "button", class: "vote-btn dislike", "data-testid": "dislike-button", "aria-pressed": "false", "aria-label": `Dislike ${t.name}`, title: "Dislike" });
-    dislike.innerHTML = ICON_DOWN;
-    const status = el("p", { class: "feedback-status", "data-testid": "feedback-status", role: "status", "aria-live": "polite" });
-    const item = el("li", { class: "track", "data-testid": "track", "data-track-id": t.track_id },
-      el("span", { class: "track-num", "aria-hidden": "true", text: String(i + 1) }),
-      el("div", { class: "track-main" }, title, meta, feats),
-      actions);
-    actions.append(el("div", { class: "vote", role: "group", "aria-label": `Feedback on ${t.name}` }, like, dislike));
-    item.append(status);
-    const ui = { like, dislike, status, item, mode };
-    like.addEventListener("click", () => sendFeedback(job.id, t, true, ui));
-    dislike.addEventListener("click", () => sendFeedback(job.id, t, false, ui));
-    return item;
-  }));
+  list.replaceChildren(...tracks.map((t, i) => trackRow(t, i, { jobId: job.id, mode })));
+}
+
+function trackRow(t, i, { jobId = null, mode = null, feedback = true, testid = "track" } = {}) {
+  // One playlist row. Without `feedback` (live playlists: no job to rate against) there are no
+  // like/dislike buttons, only the Spotify link slot.
+  const f = t.features || {};
+  const artists = (t.artists || []).join(", ") || "Unknown artist";
+  const meta = el("p", { class: "track-meta" },
+    el("span", { class: "track-artists", "data-testid": "track-artists", text: artists }),
+    t.year ? el("span", { class: "track-year", "data-testid": "track-year", text: String(t.year) }) : null,
+    t.genre ? el("span", { class: "chip", text: t.genre.split(";")[0].trim() }) : null);
+  const feats = el("p", { class: "track-feats", "aria-label": "Sound" },
+    ...[["Positivity", f.valence], ["Energy", f.energy]].filter(([, v]) => v !== undefined)
+      .map(([k, v]) => el("span", { class: "feat" }, `${k} `, el("b", { text: Number(v).toFixed(2) }))),
+    f.tempo !== undefined ? el("span", { class: "feat" }, el("b", { text: String(Math.round(f.tempo)) }), " BPM") : null,
+    f.mode !== undefined ? el("span", { class: "feat feat-mode", text: f.mode >= 0.5 ? "major key" : "minor key" }) : null);
+  const title = el("p", { class: "track-title", "data-testid": "track-title", text: t.name || t.track_id });
+  // Fixed columns (link slot, then the vote buttons): the buttons line up in every row, with
+  // or without a Spotify link; a song without one gets a quiet placeholder in the slot.
+  const actions = el("div", { class: `track-actions${feedback ? "" : " no-vote"}` });
+  if (t.spotify_url) {
+    const a = el("a", { class: "spotify-link", href: t.spotify_url, target: "_blank", rel: "noopener noreferrer", "data-testid": "spotify-link" });
+    a.innerHTML = `${ICON_OPEN}<span>Open in Spotify</span>`;
+    a.append(el("span", { class: "visually-hidden", text: `: ${t.name} (opens in a new tab)` }));
+    actions.append(a);
+  } else {
+    actions.append(el("span", { class: "spotify-none", "data-testid": "spotify-missing",
+      title: "This song's catalogue entry has no Spotify id", text: "No Spotify link" }));
+  }
+  const item = el("li", { class: "track", "data-testid": testid, "data-track-id": t.track_id },
+    el("span", { class: "track-num", "aria-hidden": "true", text: String(i + 1) }),
+    el("div", { class: "track-main" }, title, meta, feats),
+    actions);
+  if (!feedback) return item;
+  const like = el("button", { type: "button", class: "vote-btn like", "data-testid": "like-button", "aria-pressed": "false", "aria-label": `Like ${t.name}`, title: "Like" });
+  like.innerHTML = ICON_UP;
+  const dislike = el("button", { type: "button", class: "vote-btn dislike", "data-testid": "dislike-button", "aria-pressed": "false", "aria-label": `Dislike ${t.name}`, title: "Dislike" });
+  dislike.innerHTML = ICON_DOWN;
+  const status = el("p", { class: "feedback-status", "data-testid": "feedback-status", role: "status", "aria-live": "polite" });
+  actions.append(el("div", { class: "vote", role: "group", "aria-label": `Feedback on ${t.name}` }, like, dislike));
+  item.append(status);
+  const ui = { like, dislike, status, item, mode };
+  like.addEventListener("click", () => sendFeedback(jobId, t, true, ui));
+  dislike.addEventListener("click", () => sendFeedback(jobId, t, false, ui));
+  return item;
 }
 
 async function sendFeedback(jobId, track, liked, ui) {
@@ -1193,10 +1217,489 @@ function moodMap(rec, tracks, host) {
   return svg;
 }
 
+// ───────────────────────── live mood ─────────────────────────
+// Camera -> a JPEG frame about every 2 s -> POST /v1/sessions/{id}/frames; GET /v1/sessions/{id}
+// about every second -> the smoothed mood, its trend and the session's playlist, updated in place.
+// Every timer goes through liveLater and every request carries live.ctrl's signal, so stopLive
+// leaves nothing running. The server drops a waiting frame when a newer one arrives; the page
+// sends one frame at a time.
+
+const LIVE = {
+  frameMs: 2000, // one frame about every 2 s
+  pollMs: 1000,
+  maxSide: 640, // frames are scaled down to at most this many pixels on the longer side
+  quality: 0.8,
+  windowS: 60,
+  maxNetFailures: 5, // consecutive network failures before live mode gives up
+  minChartSpanS: 30, // the chart's time axis is never shorter than this
+};
+const LIVE_HINTS = {
+  no_face: "No face in view: look at the camera, in good light.",
+};
+const TRANSIENT = new Set([429, 502, 503, 504]);
+
+const live = {
+  gen: 0, // bumps on each start and stop: an older callback sees it changed and does nothing
+  on: false,
+  id: null,
+  stream: null,
+  timers: new Set(),
+  ctrl: null, // AbortController of this run's requests
+  canvas: null,
+  request: null, // the form as it was at start
+  changes: null, // playlist_changes of the playlist on screen
+  trendKey: "",
+  emotion: null,
+  netFailures: 0,
+  framesSent: 0,
+};
+
+function liveLater(fn, ms, gen) {
+  // setTimeout that stopLive clears, and that never runs for an older run.
+  const t = setTimeout(() => {
+    live.timers.delete(t);
+    if (gen === live.gen && live.on) fn(gen);
+  }, Math.max(0, ms));
+  live.timers.add(t);
+}
+
+const liveWait = (ms, gen) => new Promise((resolve) => liveLater(resolve, ms, gen)); // never resolves once stopped
+
+function retryAfterMs(res) {
+  const h = res.headers.get("Retry-After");
+  let s = Number(h);
+  if (h && Number.isNaN(s)) s = (Date.parse(h) - Date.now()) / 1000; // an HTTP date
+  if (!Number.isFinite(s) || s <= 0) s = 2;
+  return Math.min(60, Math.max(1, s)) * 1000;
+}
+
+function liveSessionUrl(id, rest = "") {
+  return `${API}sessions/${encodeURIComponent(id)}${rest}`;
+}
+
+function lowerFirst(t) {
+  return t ? t[0].toLowerCase() + t.slice(1) : t;
+}
+
+function liveApiReason(res, data, { creating = false } = {}) {
+  // Why live mode stops, after "Live mode stopped: ".
+  const info = apiError(res, data);
+  const code = info.code;
+  if (creating && (res.status === 404 || res.status === 405) && !["session_not_found"].includes(code)) {
+    return "this server doesn't offer live mode yet";
+  }
+  if (code === "session_not_found") return "the live session is gone from the server (it may have expired)";
+  if (code === "session_closed") return "the server closed the live session (stopped elsewhere, or idle too long)";
+  const copy = ERRORS[code];
+  const what = copy ? lowerFirst(copy.title) : info.message ? lowerFirst(info.message.replace(/\.$/, "")) : "something went wrong";
+  return `${what} (${code})`;
+}
+
+function liveCameraProblem(err) {
+  return {
+    NotAllowedError: "camera access was blocked. Allow the camera for this site (the camera icon in the address bar or the browser's site settings), then restart live mode",
+    SecurityError: "camera access was blocked by the browser's security settings",
+    NotFoundError: "no camera was found. Connect a camera and restart live mode",
+    OverconstrainedError: "no suitable camera was found",
+    NotReadableError: "the camera is in use by another app or can't be started. Close other apps using it, then restart live mode",
+    AbortError: "the camera couldn't be started",
+  }[err?.name] || "the camera couldn't be started";
+}
+
+function liveBody(form) {
+  // The page's settings as POST /v1/sessions wants them (JSON: numbers, a list of genres).
+  const f = form.filters;
+  const body = { mode: form.mode, limit: form.limit, window_s: LIVE.windowS };
+  if (f.year_min) body.year_min = Number(f.year_min);
+  if (f.year_max) body.year_max = Number(f.year_max);
+  if (f.genres) body.genres = f.genres.split(",").map((g) => g.trim()).filter(Boolean);
+  if (f.min_popularity) body.min_popularity = Number(f.min_popularity);
+  if (f.exclude_explicit) body.exclude_explicit = true;
+  if (f.diversity !== undefined) body.diversity = Number(f.diversity);
+  return body;
+}
+
+function liveStatus(state_, text, { error = false } = {}) {
+  // state_: "starting" | "running" | "stopped"
+  const status = $("#live-status");
+  if (status.textContent !== text) status.textContent = text;
+  status.dataset.kind = error ? "error" : state_;
+  const badge = $("#live-badge");
+  badge.dataset.state = state_;
+  $("#live-badge-text").textContent = { starting: "Starting", running: "Live", stopped: "Stopped" }[state_] || "Off";
+  $("#live").dataset.state = state_;
+  $("#live-restart").hidden = state_ !== "stopped";
+}
+
+function setLiveButtons(running) {
+  const start = $("#live-start");
+  const stop = $("#live-stop");
+  const hadFocus = document.activeElement === start || document.activeElement === stop
+    || document.activeElement === $("#live-restart") || document.activeElement === document.body;
+  start.hidden = running;
+  stop.hidden = !running;
+  if (hadFocus && !$("#pane-live").hidden) (running ? stop : start).focus({ preventScroll: true });
+}
+
+function resetLiveView() {
+  live.changes = null;
+  live.trendKey = "";
+  live.emotion = null;
+  live.framesSent = 0;
+  delete $("#live").dataset.sessionId;
+  $("#live-mood").replaceChildren(el("span", { class: "live-mood-wait", text: "Waiting for the first reading…" }));
+  delete $("#live-mood").dataset.emotion;
+  $("#live-conf").textContent = "";
+  $("#live-hint").textContent = "";
+  $("#live-hint").dataset.code = "";
+  $("#live-bars").replaceChildren();
+  $("#live-stats").textContent = "";
+  $("#live-chart").replaceChildren();
+  $("#live-chart").dataset.points = "0";
+  $("#live-playlist").replaceChildren();
+  delete $("#live-playlist").dataset.changes;
+  $("#live-playlist-sub").textContent = "It appears after the first readings and changes when your mood does.";
+  $("#live-announce").textContent = "";
+}
+
+async function startLive() {
+  if (live.on) return;
+  const gen = ++live.gen;
+  live.on = true;
+  live.ctrl = new AbortController();
+  live.netFailures = 0;
+  stopCamera();
+  resetLiveView();
+  show("live");
+  setLiveButtons(true);
+  liveStatus("starting", "Asking for permission to use the camera…");
+  if (window.matchMedia("(max-width: 899px)").matches) {
+    $("#live").scrollIntoView({ behavior: prefersReducedMotion() ? "auto" : "smooth", block: "start" });
+  }
+  if (!window.isSecureContext) {
+    stopLive("the camera only works on a secure page (https:// or localhost)", { error: true });
+    return;
+  }
+  if (!navigator.mediaDevices?.getUserMedia) {
+    stopLive("this browser can't use a camera here", { error: true });
+    return;
+  }
+  const form = collectForm();
+  if (!Number.isInteger(form.limit) || form.limit < 1 || form.limit > 50) {
+    stopLive("the number of songs must be between 1 and 50 (under “Filters and playlist length”)", { error: true });
+    return;
+  }
+  if (form.filters.year_min && form.filters.year_max && Number(form.filters.year_min) > Number(form.filters.year_max)) {
+    stopLive("the “from” year is after the “up to” year (under “Filters and playlist length”)", { error: true });
+    return;
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({
+      video: { facingMode: "user", width: { ideal: 640 }, height: { ideal: 480 } }, audio: false });
+  } catch (err) {
+    if (gen === live.gen) stopLive(liveCameraProblem(err), { error: true });
+    return;
+  }
+  if (gen !== live.gen) { for (const t of stream.getTracks()) t.stop(); return; }
+  live.stream = stream;
+  for (const track of stream.getVideoTracks()) {
+    track.addEventListener("ended", () => {
+      if (gen === live.gen) stopLive("the camera was turned off or disconnected", { error: true });
+    });
+  }
+  const video = $("#live-video");
+  video.srcObject = stream;
+  video.hidden = false;
+  try { await video.play(); } catch { /* muted video may autoplay; frames wait for videoWidth */ }
+  if (gen !== live.gen) return;
+
+  liveStatus("starting", "Opening a live session…");
+  live.request = form;
+  let res = null;
+  let data = null;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      res = await fetch(`${API}sessions`, {
+        method: "POST", signal: live.ctrl.signal,
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify(liveBody(form)),
+      });
+      data = await res.json().catch(() => null);
+    } catch {
+      res = null;
+    }
+    if (gen !== live.gen) {
+      if (res?.ok && data?.id) closeLiveSession(data.id); // stopped while it was being opened
+      return;
+    }
+    if (!res || !TRANSIENT.has(res.status) || attempt >= 3) break;
+    liveStatus("starting", "The service is busy; trying again in a moment…");
+    await liveWait(retryAfterMs(res), gen);
+  }
+  if (!res) { stopLive("can't reach the moodtunes server", { error: true }); return; }
+  if (!res.ok || !data?.id) { stopLive(liveApiReason(res, data, { creating: true }), { error: true }); return; }
+  live.id = data.id;
+  $("#live").dataset.sessionId = data.id;
+  liveStatus("running", `Live (${modeTitle(form.mode)}): reading your mood about every ${LIVE.frameMs / 1000} seconds.`);
+  sendFrame(gen);
+  liveLater(pollLive, LIVE.pollMs, gen);
+}
+
+function stopLive(why, { error = false } = {}) {
+  if (!live.on) return;
+  live.gen++;
+  live.on = false;
+  for (const t of live.timers) clearTimeout(t);
+  live.timers.clear();
+  live.ctrl?.abort();
+  live.ctrl = null;
+  if (live.stream) for (const t of live.stream.getTracks()) t.stop();
+  live.stream = null;
+  const video = $("#live-video");
+  video.pause();
+  video.srcObject = null;
+  video.hidden = true;
+  if (live.id) closeLiveSession(live.id);
+  live.id = null;
+  setLiveButtons(false);
+  liveStatus("stopped", `Live mode stopped: ${why}.`, { error });
+}
+
+function closeLiveSession(id) {
+  // keepalive: the DELETE still goes out when the page is being hidden or closed.
+  fetch(liveSessionUrl(id), { method: "DELETE", keepalive: true, headers: { Accept: "application/json" } })
+    .catch(() => { /* the server closes idle sessions itself */ });
+}
+
+function liveNetworkFailure() {
+  if (++live.netFailures > LIVE.maxNetFailures) { stopLive("can't reach the moodtunes server", { error: true }); return true; }
+  return false;
+}
+
+async function sendFrame(gen) {
+  if (document.hidden) { stopLive("you left the tab (live mode runs only while the page is in view)"); return; }
+  const started = performance.now();
+  const video = $("#live-video");
+  if (!video.videoWidth || video.readyState < 2) { liveLater(sendFrame, 250, gen); return; } // camera warming up
+  const scale = Math.min(1, LIVE.maxSide / Math.max(video.videoWidth, video.videoHeight));
+  const w = Math.round(video.videoWidth * scale);
+  const h = Math.round(video.videoHeight * scale);
+  const canvas = (live.canvas ||= document.createElement("canvas"));
+  canvas.width = w;
+  canvas.height = h;
+  canvas.getContext("2d").drawImage(video, 0, 0, w, h);
+  const blob = await new Promise((r) => canvas.toBlob(r, "image/jpeg", LIVE.quality));
+  if (gen !== live.gen) return;
+  if (!blob) { liveLater(sendFrame, LIVE.frameMs, gen); return; }
+  const body = new FormData();
+  body.append("image", blob, "frame.jpg");
+  let res = null;
+  let data = null;
+  try {
+    res = await fetch(liveSessionUrl(live.id, "/frames"), { method: "POST", body, signal: live.ctrl.signal, headers: { Accept: "application/json" } });
+    data = await res.json().catch(() => null);
+  } catch {
+    res = null;
+  }
+  if (gen !== live.gen) return;
+  if (!res) {
+    if (!liveNetworkFailure()) liveLater(sendFrame, LIVE.frameMs, gen);
+    return;
+  }
+  live.netFailures = 0;
+  if (TRANSIENT.has(res.status)) {
+    // Busy or rate-limited: wait as long as the server asks, then carry on.
+    const ms = retryAfterMs(res);
+    $("#live-hint").dataset.code = "busy";
+    $("#live-hint").textContent = `The service is busy; sending the next frame in ${Math.round(ms / 1000)} s.`;
+    liveLater(sendFrame, ms, gen);
+    return;
+  }
+  if (!res.ok) { stopLive(liveApiReason(res, data), { error: true }); return; }
+  live.framesSent++;
+  $("#live").dataset.framesSent = String(live.framesSent);
+  if ($("#live-hint").dataset.code === "busy") { $("#live-hint").textContent = ""; $("#live-hint").dataset.code = ""; }
+  liveLater(sendFrame, LIVE.frameMs - (performance.now() - started), gen);
+}
+
+async function pollLive(gen) {
+  let res = null;
+  let data = null;
+  try {
+    res = await fetch(liveSessionUrl(live.id), { cache: "no-store", signal: live.ctrl.signal, headers: { Accept: "application/json" } });
+    data = await res.json().catch(() => null);
+  } catch {
+    res = null;
+  }
+  if (gen !== live.gen) return;
+  if (!res) {
+    if (!liveNetworkFailure()) liveLater(pollLive, LIVE.pollMs * 2, gen);
+    return;
+  }
+  live.netFailures = 0;
+  if (TRANSIENT.has(res.status)) { liveLater(pollLive, retryAfterMs(res), gen); return; }
+  if (!res.ok || !data) { stopLive(liveApiReason(res, data), { error: true }); return; }
+  renderLive(data);
+  if (data.closed_at) { stopLive("the server closed the live session (stopped elsewhere, or idle too long)", { error: true }); return; }
+  liveLater(pollLive, LIVE.pollMs, gen);
+}
+
+function renderLive(s) {
+  const n = (v) => Number(v) || 0;
+  $("#live-stats").textContent = `${n(s.frames_received)} frame${n(s.frames_received) === 1 ? "" : "s"} sent · ${n(s.frames_processed)} read`
+    + (n(s.frames_dropped) ? ` · ${n(s.frames_dropped)} skipped (a newer frame replaced them)` : "");
+
+  // a gentle hint about the latest frame (no face in view), unless the service is busy
+  const hint = $("#live-hint");
+  if (hint.dataset.code !== "busy") {
+    const code = s.latest_frame?.error_code || "";
+    const text = code ? LIVE_HINTS[code] || `The last frame couldn't be read (${code}); still trying.`
+      : s.smoothed ? "" : "Reading your first frames…";
+    hint.dataset.code = code;
+    if (hint.textContent !== text) hint.textContent = text;
+  }
+
+  const sm = s.smoothed;
+  if (sm?.emotion) {
+    const probs = sm.probabilities || {};
+    const conf = Number(probs[sm.emotion]);
+    if (sm.emotion !== live.emotion) {
+      // Only a change of mood is announced (aria-live), not every new number.
+      live.emotion = sm.emotion;
+      const mood = $("#live-mood");
+      mood.dataset.emotion = sm.emotion;
+      mood.replaceChildren(el("span", { class: `headline-emotion emo-${sm.emotion}`, "data-testid": "live-emotion", text: emotionLabel(sm.emotion) }));
+    }
+    $("#live-conf").textContent = Number.isFinite(conf) ? `${pct(conf, 0)} sure, smoothed` : "";
+    $("#live-bars").replaceChildren(...emotionBars(probs, sm.emotion, { testid: "live-emotion-bar", idPrefix: "live-emo-label" }));
+  }
+
+  renderLiveChart(Array.isArray(s.trend) ? s.trend : []);
+
+  if (s.playlist && s.playlist_changes !== live.changes) {
+    const first = live.changes === null;
+    live.changes = s.playlist_changes;
+    renderLivePlaylist(s, first);
+  }
+}
+
+function renderLivePlaylist(s, first) {
+  const rec = s.playlist || {};
+  const tracks = rec.tracks || [];
+  const emotion = s.playlist_emotion || s.smoothed?.emotion;
+  const summary = filtersSummary(live.request);
+  const forMood = emotion ? ` · for a ${emotionLabel(emotion).toLowerCase()} mood` : "";
+  $("#live-playlist-sub").textContent = `${tracks.length} song${tracks.length === 1 ? "" : "s"} · ${modeTitle(rec.mode || s.mode)}${forMood}${summary ? ` · ${summary}` : ""}`;
+  const list = $("#live-playlist");
+  const [x, y] = [window.scrollX, window.scrollY]; // the reader's place stays where it was
+  list.replaceChildren(...(tracks.length
+    ? tracks.map((t, i) => trackRow(t, i, { feedback: false, testid: "live-track" }))
+    : [el("li", { class: "empty", text: "No songs matched. Widen the filters and restart live mode." })]));
+  list.dataset.changes = String(s.playlist_changes ?? 0);
+  if (window.scrollX !== x || window.scrollY !== y) window.scrollTo({ left: x, top: y, behavior: "instant" });
+  $("#live-announce").textContent = first ? "Your live playlist is ready."
+    : `Playlist updated${emotion ? ` for a ${emotionLabel(emotion).toLowerCase()} mood` : ""}.`;
+}
+
+function renderLiveChart(trend) {
+  // Positivity (valence) and energy (arousal) of the smoothed mood over the session, 0..1 up,
+  // time across (seconds since the first reading); a strip underneath colours each reading's mood.
+  const pts = trend.map((p, i) => ({ t: Date.parse(p.at), v: Number(p.valence), a: Number(p.arousal), e: p.emotion, i }))
+    .filter((p) => Number.isFinite(p.v) && Number.isFinite(p.a));
+  if (pts.some((p) => Number.isNaN(p.t))) pts.forEach((p) => { p.t = p.i * LIVE.frameMs; }); // no usable times
+  const host = $("#live-chart");
+  // Drawn at its displayed width (text stays readable on a phone); a redraw only when it changed.
+  const W = Math.round(Math.min(720, Math.max(300, host.clientWidth || 560)));
+  const key = `${W}:${pts.length}:${pts.at(-1)?.t}:${pts.at(-1)?.v}:${pts.at(-1)?.a}`;
+  if (key === live.trendKey) return;
+  live.trendKey = key;
+  host.dataset.points = String(pts.length);
+  const NS = "http://www.w3.org/2000/svg";
+  const node = (tag, attrs, text) => {
+    const n = document.createElementNS(NS, tag);
+    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+    if (text !== undefined) n.textContent = text;
+    return n;
+  };
+  const H = 200, L = 36, R = W - 10, T = 8, B = H - 46, STRIP = B + 24;
+  const svg = node("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "data-testid": "live-chart-svg" });
+  if (!pts.length) {
+    svg.setAttribute("aria-label", "Mood over time: no readings yet.");
+    svg.append(node("rect", { x: L, y: T, width: R - L, height: B - T, rx: 6, class: "map-bg" }));
+    svg.append(node("text", { x: (L + R) / 2, y: (T + B) / 2, "text-anchor": "middle", class: "map-axis" }, "No readings yet"));
+    host.replaceChildren(svg);
+    return;
+  }
+  const t0 = pts[0].t;
+  const span = Math.max(LIVE.minChartSpanS * 1000, pts.at(-1).t - t0);
+  const X = (t) => L + ((t - t0) / span) * (R - L);
+  const Y = (v) => B - Math.max(0, Math.min(1, v)) * (B - T);
+  const clock = (ms) => { const s = Math.round(ms / 1000); return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`; };
+  const last = pts.at(-1);
+  const desc = `Mood over the last ${clock(last.t - t0)} (${pts.length} reading${pts.length === 1 ? "" : "s"}): `
+    + `positivity now ${last.v.toFixed(2)}, energy now ${last.a.toFixed(2)}, ${emotionLabel(last.e).toLowerCase()}.`;
+  svg.setAttribute("aria-label", desc);
+  svg.append(node("title", {}, desc));
+  svg.append(node("rect", { x: L, y: T, width: R - L, height: B - T, rx: 6, class: "map-bg" }));
+  for (const v of [0, 0.25, 0.5, 0.75, 1]) {
+    svg.append(node("line", { x1: L, y1: Y(v), x2: R, y2: Y(v), class: v === 0.5 ? "map-grid" : "map-tick-line" }));
+    if (v % 0.5 === 0) svg.append(node("text", { x: L - 6, y: Y(v) + 3.5, "text-anchor": "end", class: "map-tick" }, v.toFixed(1)));
+  }
+  const step = [5, 10, 15, 30, 60, 120, 300, 600, 1200, 1800].find((st) => span / 1000 / st <= Math.min(6, (R - L) / 45)) || 3600;
+  for (let s = 0; s * 1000 <= span + 1; s += step) {
+    const x = X(t0 + s * 1000);
+    svg.append(node("line", { x1: x, y1: B, x2: x, y2: B + 4, class: "map-tick-line" }));
+    const anchor = x > R - 14 ? "end" : "middle"; // the last label stays inside the chart
+    svg.append(node("text", { x: anchor === "end" ? R : x, y: B + 15, "text-anchor": anchor, class: "map-tick" }, clock(s * 1000)));
+  }
+  // the mood strip: one band per reading, until the next
+  const strip = node("g", { class: "live-strip", "aria-hidden": "true" });
+  pts.forEach((p, i) => {
+    const x1 = X(p.t);
+    const x2 = i + 1 < pts.length ? X(pts[i + 1].t) : Math.max(x1 + 3, Math.min(R, x1 + 6));
+    const band = node("rect", { x: x1, y: STRIP, width: Math.max(1, x2 - x1), height: 8, class: `live-band emo-${p.e}` });
+    band.append(node("title", {}, `${clock(p.t - t0)} ${emotionLabel(p.e)}`));
+    strip.append(band);
+  });
+  svg.append(strip);
+  for (const [cls, k, name] of [["live-valence", "v", "Positivity"], ["live-arousal", "a", "Energy"]]) {
+    const line = node("polyline", { points: pts.map((p) => `${X(p.t).toFixed(1)},${Y(p[k]).toFixed(1)}`).join(" "), class: `live-line ${cls}`, "data-testid": `${cls}-line` });
+    svg.append(line);
+    const dot = node("circle", { cx: X(last.t), cy: Y(last[k]), r: 4, class: `live-dot ${cls}` });
+    dot.append(node("title", {}, `${name} now: ${last[k].toFixed(2)}`));
+    svg.append(dot);
+  }
+  host.replaceChildren(svg);
+}
+
+function setupLive() {
+  $("#live-start").addEventListener("click", startLive);
+  $("#live-restart").addEventListener("click", () => {
+    // Restart from the live tab, so the Stop button is at hand.
+    const tab = $("#tab-live");
+    if (tab.getAttribute("aria-selected") !== "true" || $(".tabs").hidden) {
+      setFile(null);
+      tab.click();
+    }
+    startLive();
+  });
+  $("#live-stop").addEventListener("click", () => stopLive("you pressed Stop"));
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) stopLive("you left the tab (live mode runs only while the page is in view)");
+  });
+  window.addEventListener("pagehide", () => stopLive("you left the page"));
+}
+
 // ───────────────────────── start ─────────────────────────
 
 function setupForm() {
-  $("#job-form").addEventListener("submit", (e) => { e.preventDefault(); submit(); });
+  $("#job-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    // Enter in a field while on the live tab (no photo): that tab's action, not a photo upload.
+    if ($("#tab-live").getAttribute("aria-selected") === "true" && !state.file) { if (!live.on) startLive(); return; }
+    submit();
+  });
   $("#error-retry").addEventListener("click", submit);
   $("#error-shrink").addEventListener("click", shrinkAndRetry);
   $("#again").addEventListener("click", () => {
@@ -1228,4 +1731,5 @@ setupTabs();
 setupUpload();
 setupCamera();
 setupForm();
+setupLive();
 loadModes();
