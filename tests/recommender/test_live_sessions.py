@@ -189,3 +189,24 @@ def test_a_closed_session_takes_no_frames_and_its_frames_are_deleted(clean_jobs)
     with pytest.raises(live.SessionClosed):
         send_frame(session_id)
     assert live.purge(0.0) >= 1 and live.get(session_id) is None
+
+
+def mixed(sad: float, neutral: float) -> list[float]:
+    rest = (1.0 - sad - neutral) / 3
+    return [neutral, rest, sad, rest, rest]
+
+
+@pytest.mark.parametrize("mode, rebuilds", [("uplift", True), ("match", False)])
+def test_uplift_follows_the_listeners_response_without_a_change_of_emotion(clean_jobs, mode, rebuilds):
+    session_id = open_session(mode=mode)
+    for _ in range(5):
+        session = feed(session_id, mixed(sad=0.8, neutral=0.05))
+    assert (session["smoothed"]["emotion"], session["playlist_changes"]) == ("sad", 1)
+    start_valence = session["smoothed"]["valence"]
+    for _ in range(5):  # the listener brightens: still sad, but less so (neutral never leads)
+        session = feed(session_id, mixed(sad=0.5, neutral=0.4))
+        assert session["smoothed"]["emotion"] == "sad"
+    assert session["smoothed"]["valence"] - start_valence >= live.RESPONSE_STEP
+    assert session["playlist_changes"] == (2 if rebuilds else 1)
+    if rebuilds:  # the new path starts from the brighter mood it was rebuilt at
+        assert session["playlist"]["emotion_probabilities"]["neutral"] > 0.2

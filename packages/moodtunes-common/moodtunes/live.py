@@ -12,9 +12,11 @@ every ~2 s, so a real change of expression shows within ~3 frames (6 s) while on
 the mood only part of the way. Hysteresis: the session's emotion changes to the smoothed leader
 only when that leader is ahead of the current emotion by HYSTERESIS (15 points of probability),
 so two emotions running close do not flip it back and forth. The playlist is rebuilt only when
-that emotion changes (or when there is none yet), from the smoothed probabilities; in `uplift`
-a rebuilt playlist starts from the listener's mood at that moment, so the path follows how they
-respond instead of restarting from their first frame.
+that emotion changes (or when there is none yet), from the smoothed probabilities. In `uplift` it
+follows the listener's response too: when their smoothed valence has moved RESPONSE_STEP (0.10)
+since the playlist was built, up or down, even without a change of emotion, the playlist is
+rebuilt from where they are now, so the path continues from their current mood instead of from
+the mood the playlist started at.
 
 Backpressure: a session holds at most one frame waiting in the queue. A newer frame supersedes it
 (the waiting one fails with code `superseded`, its photo deleted in the same statement), so a
@@ -41,6 +43,7 @@ HYSTERESIS = 0.15  # lead the smoothed leader needs over the current emotion to 
 DEFAULT_WINDOW_S = 60.0
 MIN_WINDOW_S, MAX_WINDOW_S = 10.0, 600.0
 TREND_MAX = 500  # smoothed points kept for the trend chart
+RESPONSE_STEP = 0.10  # uplift: the smoothed valence moved this far since the playlist was built
 IDLE_CLOSE_S = 900.0  # a session without frames for this long takes no more
 SUPERSEDED = "superseded"
 SUPERSEDED_MESSAGE = "a newer frame of the same live session replaced this one before it was processed"
@@ -170,7 +173,7 @@ def next_state(session: dict, frame_id: str, frame_at: datetime, now: datetime, 
 
     `mood(probabilities) -> (valence, arousal)` places a mood in music terms (the recommender's
     match target). Returns the new `frames`, `trend` and `smoothed`, and `playlist_due`: whether the
-    smoothed emotion moved off the playlist's (or there is no playlist yet). A frame older than the
+    playlist must be rebuilt (_playlist_due). A frame older than the
     newest one already smoothed (workers finished out of order) is listed but not smoothed."""
     p = np.asarray(probabilities, dtype=np.float64)
     p = p / p.sum()
@@ -212,8 +215,19 @@ def next_state(session: dict, frame_id: str, frame_at: datetime, now: datetime, 
         "frames": frames,
         "trend": trend[-TREND_MAX:],
         "smoothed": smoothed,
-        "playlist_due": session["playlist"] is None or smoothed["emotion"] != session["playlist_emotion"],
+        "playlist_due": _playlist_due(session, smoothed, mood),
     }
+
+
+def _playlist_due(session: dict, smoothed: dict, mood) -> bool:
+    """No playlist yet, a new smoothed emotion, or (uplift) a response in valence since it was built."""
+    playlist = session["playlist"]
+    if playlist is None or smoothed["emotion"] != session["playlist_emotion"]:
+        return True
+    if session.get("mode") != "uplift":
+        return False
+    built_from = [playlist["emotion_probabilities"][e] for e in EMOTIONS]
+    return abs(smoothed["valence"] - mood(np.asarray(built_from))[0]) >= RESPONSE_STEP
 
 
 def store(conn, session_id: str, state: dict, playlist=None) -> None:
