@@ -210,3 +210,15 @@ def test_uplift_follows_the_listeners_response_without_a_change_of_emotion(clean
     assert session["playlist_changes"] == (2 if rebuilds else 1)
     if rebuilds:  # the new path starts from the brighter mood it was rebuilt at
         assert session["playlist"]["emotion_probabilities"]["neutral"] > 0.2
+
+
+def test_an_idle_session_is_closed_when_a_frame_comes_too_late(clean_jobs):
+    session_id = open_session()
+    with connection() as conn:
+        conn.execute(
+            "UPDATE live_sessions SET updated_at = now() - make_interval(secs => %s) WHERE id = %s",
+            (live.IDLE_CLOSE_S + 60, session_id),
+        )
+    with pytest.raises(live.SessionClosed):
+        send_frame(session_id)
+    assert live.get(session_id)["closed_at"] is not None  # closed for good, not just refused

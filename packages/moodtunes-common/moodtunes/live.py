@@ -107,7 +107,7 @@ def close(session_id: str) -> None:
 def add_frame(session_id: str, job_id: str, **job_fields) -> list[str]:
     """Stores a frame as a queued job of the session, in one transaction that holds the session's
     row: waiting frames are superseded (returned), frames past the window are deleted, and the
-    counters move. Raises SessionClosed for a closed or idle session."""
+    counters move. Raises SessionClosed for a closed or idle session (an idle one is closed)."""
     with connection() as conn:
         row = conn.execute(
             """SELECT closed_at, window_s, updated_at < now() - make_interval(secs => %s) AS idle
@@ -115,32 +115,40 @@ def add_frame(session_id: str, job_id: str, **job_fields) -> list[str]:
             (IDLE_CLOSE_S, session_id),
         ).fetchone()
         if row is None or row["closed_at"] is not None or row["idle"]:
-            if row is not None and row["closed_at"] is None:
+            if row is not None and row["closed_at"] is None:  # committed as the block ends
                 conn.execute("UPDATE live_sessions SET closed_at = now() WHERE id = %s", (session_id,))
-            raise SessionClosed(session_id)
-        superseded = [
-            str(r["id"])
-            for r in conn.execute(
-                """WITH gone AS (
-                       UPDATE jobs SET status = %s, error_code = %s, error_message = %s,
-                              finished_at = now(), updated_at = now()
-                       WHERE session_id = %s AND status = %s RETURNING id),
-                   photos AS (DELETE FROM job_images WHERE job_id IN (SELECT id FROM gone))
-                   SELECT id FROM gone""",
-                (jobs.FAILED, SUPERSEDED, SUPERSEDED_MESSAGE, session_id, jobs.QUEUED),
-            ).fetchall()
-        ]
-        conn.execute(
-            f"""DELETE FROM jobs WHERE session_id = %s AND status IN {jobs.FINAL_SQL}
-                AND finished_at < now() - make_interval(secs => %s)""",
-            (session_id, row["window_s"]),
-        )
-        jobs.create(job_id, conn=conn, session_id=session_id, **job_fields)
-        conn.execute(
-            """UPDATE live_sessions SET frames_received = frames_received + 1,
-                      frames_dropped = frames_dropped + %s, updated_at = now() WHERE id = %s""",
-            (len(superseded), session_id),
-        )
+            superseded = None
+        else:
+            superseded = _store_frame(conn, session_id, job_id, row["window_s"], job_fields)
+    if superseded is None:
+        raise SessionClosed(session_id)
+    return superseded
+
+
+def _store_frame(conn, session_id: str, job_id: str, window_s: float, job_fields: dict) -> list[str]:
+    superseded = [
+        str(r["id"])
+        for r in conn.execute(
+            """WITH gone AS (
+                   UPDATE jobs SET status = %s, error_code = %s, error_message = %s,
+                          finished_at = now(), updated_at = now()
+                   WHERE session_id = %s AND status = %s RETURNING id),
+               photos AS (DELETE FROM job_images WHERE job_id IN (SELECT id FROM gone))
+               SELECT id FROM gone""",
+            (jobs.FAILED, SUPERSEDED, SUPERSEDED_MESSAGE, session_id, jobs.QUEUED),
+        ).fetchall()
+    ]
+    conn.execute(
+        f"""DELETE FROM jobs WHERE session_id = %s AND status IN {jobs.FINAL_SQL}
+            AND finished_at < now() - make_interval(secs => %s)""",
+        (session_id, window_s),
+    )
+    jobs.create(job_id, conn=conn, session_id=session_id, **job_fields)
+    conn.execute(
+        """UPDATE live_sessions SET frames_received = frames_received + 1,
+                  frames_dropped = frames_dropped + %s, updated_at = now() WHERE id = %s""",
+        (len(superseded), session_id),
+    )
     return superseded
 
 
