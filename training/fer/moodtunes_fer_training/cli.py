@@ -71,6 +71,11 @@ def train(
         Path | None,
         typer.Option(help="supplement npz (x_train/y_train) added to the training split, e.g. AffectNet"),
     ] = None,
+    time_budget: Annotated[
+        float | None,
+        typer.Option(help="fit the run to this many seconds (per-epoch cosine; --epochs becomes a cap)"),
+    ] = None,
+    width: Annotated[float, typer.Option(help="multiplies every block's filters (2: VGG16's own)")] = 1.0,
 ):
     """Train (or resume) the VGG16-layout CNN; writes best.keras, last.keras, history, state."""
     _quiet_tf()
@@ -87,6 +92,8 @@ def train(
         init_from=init_from,
         mixup_alpha=mixup,
         extra_data=extra_data,
+        time_budget_s=time_budget,
+        width=width,
     )
     typer.echo(json.dumps(state, indent=2))
 
