@@ -17,6 +17,7 @@ import time
 import httpx
 import pytest
 
+from tests.browser_wait import wait_until
 from tests.e2e.fake_camera import face_video
 from tests.e2e.test_web_page import (
     CHROMIUM,
@@ -131,16 +132,6 @@ def open_live_page(browser, url: str, init_script: str = RECORD_STREAMS, viewpor
     page.wait_for_selector("body[data-modes-loaded]")
     page.get_by_test_id("tab-live").click()
     return context, page, errors, traffic
-
-
-def wait_until(page, js: str, timeout_ms: int, what: str):
-    """Polls a page expression from here (the page's CSP forbids the eval of a polled wait_for_function)."""
-    deadline = time.monotonic() + timeout_ms / 1000
-    while time.monotonic() < deadline:
-        if page.evaluate(js):
-            return
-        page.wait_for_timeout(250)
-    raise AssertionError(f"timed out after {timeout_ms} ms waiting for {what}: {js}")
 
 
 def wait_for_frames(traffic: Traffic, page, n: int, timeout_s: float = 30):

@@ -30,6 +30,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from moodtunes.config import REPO_ROOT
+from tests.browser_wait import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -200,7 +201,7 @@ def test_upload_a_face_photo_and_get_a_playlist(stack, browser, photo):
     chosen = page.locator('[data-testid=face-box][data-chosen="true"]')
     assert chosen.count() == 1
     img = page.get_by_test_id("result-photo")
-    page.wait_for_function("document.querySelector('#result-img').complete")
+    wait_until(page, "document.querySelector('#result-img').complete")
     shown = img.bounding_box()
     box = chosen.bounding_box()
     api = job["faces"][job["chosen_face"]]["box"]
@@ -416,12 +417,12 @@ def test_take_a_photo_with_the_camera(stack, fake_camera_browser):
     page.get_by_test_id("tab-camera").click()
     page.get_by_test_id("camera-start").click()
     page.get_by_test_id("camera-capture").wait_for()
-    page.wait_for_function("document.querySelector('#camera-video').videoWidth > 0")
+    wait_until(page, "document.querySelector('#camera-video').videoWidth > 0")
     page.get_by_test_id("camera-capture").click()
     preview = page.get_by_test_id("preview")
     preview.wait_for()
     assert "camera-photo.jpg" in page.get_by_test_id("preview-name").inner_text()
-    page.wait_for_function("document.querySelector('#preview-img').naturalWidth > 0")
+    wait_until(page, "document.querySelector('#preview-img').naturalWidth > 0")
     assert page.get_by_test_id("camera-video").is_hidden()  # the camera is switched off after the shot
     assert page.evaluate("document.activeElement.id") == "submit"
     errors.check()

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from moodtunes_cli.localstack import free_port
+from tests.browser_wait import wait_until
 from tests.gateway.live import serve
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -170,7 +171,7 @@ def test_the_page_and_the_docs_work_under_the_policy_in_chromium(app_client, tmp
             page.wait_for_selector(".swagger-ui .info .title")  # Swagger UI rendered the schema
             assert page.evaluate("window.__csp") == []
             page.goto(url + "/redoc")
-            page.wait_for_function("document.querySelector('redoc').textContent.includes('/v1/jobs')")
+            wait_until(page, "document.querySelector('redoc')?.textContent.includes('/v1/jobs')", 30_000)
             # ReDoc's bundle links its "powered by" logo from its CDN: blocking other hosts is the point
             blocked = page.evaluate("window.__csp")
             assert all(v.startswith("img-src https://cdn.redoc.ly/") for v in blocked), blocked
