@@ -205,6 +205,38 @@ def create_vector_indexes(conn, maintenance_work_mem: str = "512MB") -> None:
         )
 
 
+# Indexes for the playlist filters beyond migration 0002's B-trees on year and popularity: a
+# trigram index, so `genre ILIKE '%reggae%'` finds a rare genre's tracks by a bitmap scan (the
+# playlist builder then ranks that small set itself) instead of walking the HNSW graphs or the
+# table. Made (if missing) by every catalogue load, as the owner role.
+FILTER_INDEXES = {
+    "tracks_genre_trgm": (
+        "CREATE INDEX IF NOT EXISTS tracks_genre_trgm ON tracks USING gin (genre gin_trgm_ops)"
+    )
+}
+
+
+def drop_filter_indexes(conn) -> None:
+    for name in FILTER_INDEXES:
+        conn.execute(f"DROP INDEX IF EXISTS {name}")
+
+
+def create_filter_indexes(conn) -> bool:
+    """False (and a warning) where pg_trgm is not available: genre filters then still work, by
+    scanning."""
+    import psycopg
+
+    try:
+        with conn.transaction():  # a savepoint: a failure here leaves the load's transaction usable
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+            for sql in FILTER_INDEXES.values():
+                conn.execute(sql)
+    except psycopg.Error as exc:
+        print(f"warning: no trigram index for genre filters ({exc})".strip(), file=sys.stderr)
+        return False
+    return True
+
+
 def count_tracks(database_url: str | None = None) -> int:
     with connection(database_url) as conn:
         return conn.execute("SELECT count(*) AS n FROM tracks").fetchone()["n"]
@@ -220,6 +252,7 @@ def load_csv(path: str | Path, database_url: str | None = None, progress: bool =
         empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM tracks) AS e").fetchone()["e"]
         if empty:
             drop_vector_indexes(conn)
+            drop_filter_indexes(conn)
         conn.execute("CREATE TEMP TABLE tracks_in (LIKE tracks INCLUDING DEFAULTS) ON COMMIT DROP")
         conn.execute("ALTER TABLE tracks_in ALTER COLUMN features TYPE text")
         batch: dict[str, dict] = {}
@@ -249,6 +282,7 @@ def load_csv(path: str | Path, database_url: str | None = None, progress: bool =
         flush()
         if empty:
             create_vector_indexes(conn)
+        create_filter_indexes(conn)
         conn.execute("ANALYZE tracks")
     return report
 

@@ -1,12 +1,26 @@
 """Playlists: nearest tracks from pgvector's HNSW index, re-ranked for diversity.
 
-Filters stay inside the index scan (pgvector's iterative scans keep returning rows until the
-LIMIT is met), so a filtered query still returns `limit` tracks when the catalogue has them.
+Where a playlist's candidates come from depends on how many tracks its filters leave (the
+planner's estimate, one EXPLAIN per filtered playlist):
+
+- no filters, or filters that leave many tracks: pgvector's HNSW graphs, one per musical mode,
+  with the filters inside the index scan (pgvector's iterative scans keep returning rows until the
+  LIMIT is met). The graph of the target's nearer mode is searched first; the other one only when
+  its tracks could still be among the k nearest (each is at least |target mode - its mode| away).
+- filters that leave few tracks, relative to the HNSW walks they would take (`whole_set_pays`):
+  those tracks are fetched once per playlist, found through the B-tree and trigram indexes on the
+  filter columns, and every position's nearest are ranked exactly here. An HNSW scan would walk
+  past about k / selectivity tracks per position before its filtered LIMIT is met, and often give
+  up (hnsw.max_scan_tuples) short of it, which used to send it to the exact scan.
+
+The exact scan in the database (no index order) is left for an index query that still comes back
+short, which the plan choice above keeps off the hot path; `build_playlist(stats=...)` counts it.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from psycopg.rows import tuple_row
 
 from moodtunes.modes import config
 from moodtunes.results import Filters, Track
@@ -30,6 +44,19 @@ TRACK_FIELDS = (
 )
 EF_SEARCH = 100  # HNSW candidate list: recall vs. latency (pgvector's default is 40)
 MAX_CANDIDATES = 2000
+# Plan choice for filtered playlists, by the planner's estimate of the tracks the filters leave
+# (rows) of the catalogue's N and the playlist's Q distinct (target, valence floor) queries of k:
+# the whole filtered set, fetched once (cost ~ rows), or Q HNSW walks, each past ~k * N / rows
+# tracks before its filtered LIMIT is met. Costs measured at 1M tracks (benchmarks/recommender.py),
+# in units of one set track fetched and ranked (~3 us): an HNSW step (visit, heap fetch, filter)
+# ~2, an index query's fixed part ~500 (~1.5 ms). Sets above SET_ROWS are never fetched whole.
+SET_ROWS = 50_000
+HNSW_STEP_COST = 2.0
+HNSW_QUERY_COST = 500.0
+# Tuples an iterative HNSW scan may visit before it gives up short of its LIMIT (pgvector's
+# default is 20,000); filtered index queries only run where the plan choice expects far fewer.
+MAX_SCAN_TUPLES = 50_000
+GAP_SLACK = 1e-6  # float32 distances in the index vs. the float64 mode gap
 
 
 def filter_sql(filters: Filters) -> tuple[list[str], dict]:
@@ -60,27 +87,54 @@ def artist_set(artists: str) -> frozenset[str]:
     return frozenset(a.strip().casefold() for a in artists.split(";") if a.strip())
 
 
+def partition_sql(mode: int, where: list[str]) -> str:
+    """k nearest of one mode partition, from its HNSW graph."""
+    extra = "".join(f" AND {w}" for w in where)
+    return (
+        f"SELECT {', '.join(TRACK_FIELDS)}, features <-> %(t)s::vector AS distance FROM tracks "
+        f"WHERE mode = {mode}{extra} ORDER BY features <-> %(t)s::vector LIMIT %(k)s"
+    )
+
+
 def nearest_sql(where: list[str]) -> str:
     """k nearest over both mode partitions (one HNSW graph each), merged by distance: exact merge,
     since within a partition every track has the same mode term in its distance."""
-    extra = "".join(f" AND {w}" for w in where)
-    part = (
-        "(SELECT {fields}, features <-> %(t)s::vector AS distance FROM tracks "
-        "WHERE mode = {mode}{extra} ORDER BY features <-> %(t)s::vector LIMIT %(k)s)"
-    )
-    fields = ", ".join(TRACK_FIELDS)
+    both = " UNION ALL ".join(f"({partition_sql(m, where)})" for m in (0, 1))
+    return f"{both} ORDER BY distance, track_id LIMIT %(k)s"
+
+
+def exact_sql(where: list[str]) -> str:
+    """k nearest by an exact scan: ordered by an expression no vector index serves, so the planner
+    scans (through the B-tree or trigram indexes of the filters where they pay) whatever the
+    session's settings or a prepared statement's cached plan."""
+    cond = f" WHERE {' AND '.join(where)}" if where else ""
     return (
-        " UNION ALL ".join(part.format(fields=fields, mode=m, extra=extra) for m in (0, 1))
-        + " ORDER BY distance, track_id LIMIT %(k)s"
+        f"SELECT {', '.join(TRACK_FIELDS)}, features <-> %(t)s::vector AS distance FROM tracks{cond} "
+        "ORDER BY (features <-> %(t)s::vector) + 0, track_id LIMIT %(k)s"
     )
 
 
-def _set_local(conn, settings: dict | None, name: str, value) -> None:
-    """SET LOCAL, skipped when `settings` (what this transaction already set) says it is in force."""
-    if settings is None or settings.get(name) != str(value):
-        conn.execute(f"SET LOCAL {name} = {value}")
-        if settings is not None:
-            settings[name] = str(value)
+def _set_local(conn, settings: dict | None, **values) -> None:
+    """SET LOCAL (in one round trip) what `settings` (what this transaction already set) does not
+    say is in force; `hnsw__ef_search` stands for hnsw.ef_search."""
+    changes = {n.replace("__", "."): str(v) for n, v in values.items()}
+    if settings is not None:
+        changes = {n: v for n, v in changes.items() if settings.get(n) != v}
+        settings.update(changes)
+    if changes:
+        calls = ", ".join("set_config(%s, %s, true)" for _ in changes)
+        conn.execute(f"SELECT {calls}", [x for item in changes.items() for x in item])
+
+
+def _conditions(filters: Filters, exclude, min_valence) -> tuple[list[str], dict]:
+    where, params = filter_sql(filters)
+    if exclude:
+        where.append("track_id <> ALL(%(exclude)s)")
+        params["exclude"] = list(exclude)
+    if min_valence is not None:
+        where.append("valence >= %(min_valence)s")
+        params["min_valence"] = min_valence
+    return where, params
 
 
 def candidates(
@@ -93,27 +147,131 @@ def candidates(
     exact: bool = False,
     settings: dict | None = None,
 ) -> list[dict]:
-    """The k nearest tracks to `target` that pass the filters, nearest first. `settings` remembers
-    the planner settings made in this transaction, so a playlist sends each only once."""
-    where, params = filter_sql(filters)
+    """The k nearest tracks to `target` that pass the filters, nearest first: from the HNSW
+    graphs, or (`exact`) by an exact scan. `settings` remembers the settings made in this
+    transaction, so a playlist sends each only once."""
+    where, params = _conditions(filters, exclude, min_valence)
+    params.update(t=vector_literal(target), k=k)
+    if exact:
+        return conn.execute(exact_sql(where), params).fetchall()
+    scans = (
+        {"hnsw__iterative_scan": "relaxed_order", "hnsw__max_scan_tuples": MAX_SCAN_TUPLES} if where else {}
+    )
+    _set_local(conn, settings, hnsw__ef_search=min(1000, max(EF_SEARCH, k)), **scans)
+    # As nearest_sql, but the partition on the target's side of mode 0.5 first, and the other one
+    # only when it could still contribute: when the near one came back short of k, or reached as
+    # far as the least distance any track of the other partition has, |target mode - its mode|.
+    # The same tracks (rarely does a target need both: one near mode 0.5), half the index work.
+    mode = float(target[config()["features"].index("mode")])
+    near = 1 if mode >= 0.5 else 0
+    rows = conn.execute(partition_sql(near, where), params).fetchall()
+    if len(rows) < k or max(r["distance"] for r in rows) >= abs(mode - (1 - near)) - GAP_SLACK:
+        rows += conn.execute(partition_sql(1 - near, where), params).fetchall()
+    return sorted(rows, key=lambda r: (r["distance"], r["track_id"]))[:k]
+
+
+def estimated_rows(conn, where: list[str], params: dict) -> tuple[float, float]:
+    """The planner's estimates of how many tracks pass `where` and how many there are (no query
+    runs: the table's statistics)."""
+    cur = conn.cursor(row_factory=tuple_row)
+    plan = cur.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM tracks WHERE {' AND '.join(where)}", params)
+    rows = float(plan.fetchone()[0][0]["Plan"]["Plan Rows"])
+    total = cur.execute("SELECT reltuples FROM pg_class WHERE oid = 'tracks'::regclass").fetchone()[0]
+    return rows, max(float(total), rows)
+
+
+def whole_set_pays(rows: float, total: float, queries: int, k: int) -> bool:
+    """Whether fetching the filtered set once beats `queries` filtered HNSW walks of k (above)."""
+    walks = queries * (HNSW_QUERY_COST + HNSW_STEP_COST * k * total / max(rows, 1.0))
+    return rows <= SET_ROWS and rows <= walks
+
+
+def filtered_tracks(conn, where: list[str], params: dict, exclude, limit: int) -> list[tuple] | None:
+    """(track_id, artists, song_key, *features) of every track that passes `where` (and is not
+    excluded), or None when there are more than `limit`: what ranking and the playlist rules need,
+    as plain tuples (a few thousand rows: parsing dicts of every column would cost more than the
+    scan)."""
+    where, params = list(where), {**params, "limit": limit + 1}
     if exclude:
         where.append("track_id <> ALL(%(exclude)s)")
         params["exclude"] = list(exclude)
-    if min_valence is not None:
-        where.append("valence >= %(min_valence)s")
-        params["min_valence"] = min_valence
-    params.update(t=vector_literal(target), k=k)
-    if exact:
-        _set_local(conn, settings, "enable_indexscan", "off")
-    else:
-        _set_local(conn, settings, "enable_indexscan", "on")
-        _set_local(conn, settings, "hnsw.ef_search", min(1000, max(EF_SEARCH, k)))
-        if where:
-            _set_local(conn, settings, "hnsw.iterative_scan", "relaxed_order")
-    rows = conn.execute(nearest_sql(where), params).fetchall()
-    if exact and settings is None:
-        conn.execute("SET LOCAL enable_indexscan = on")
-    return rows
+    columns = ", ".join(("track_id", "artists", "song_key", *config()["features"]))
+    cur = conn.cursor(row_factory=tuple_row)  # text: the same floats as the dict rows elsewhere
+    rows = cur.execute(f"SELECT {columns} FROM tracks WHERE {' AND '.join(where)} LIMIT %(limit)s", params)
+    rows = rows.fetchall()
+    return None if len(rows) > limit else rows
+
+
+def full_rows(conn, rows: list[dict]) -> dict[str, dict]:
+    """All of TRACK_FIELDS of `rows`, by track_id."""
+    found = conn.execute(
+        f"SELECT {', '.join(TRACK_FIELDS)} FROM tracks WHERE track_id = ANY(%s)",
+        ([r["track_id"] for r in rows],),
+    ).fetchall()
+    return {r["track_id"]: r for r in found}
+
+
+class Pool:
+    """Candidate rows, with what ranking and MMR need of each computed once: its feature vector
+    (as `feature_vector` makes it) and its artist set."""
+
+    def __init__(self, rows: list[dict], vectors: np.ndarray | None = None):
+        self.rows = rows
+        self.vectors = feature_matrix(rows) if vectors is None else vectors
+        self.artists = [artist_set(r["artists"]) for r in rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+class TrackSet:
+    """The whole filtered catalogue, small enough to rank here: each position's candidates are its
+    nearest eligible tracks, as the exact scan in the database would return them."""
+
+    def __init__(self, rows: list[tuple]):
+        cfg = config()
+        names = cfg["features"]
+        rows = sorted(rows, key=lambda r: r[0])  # ties in distance: by track_id
+        columns = list(zip(*rows, strict=True)) or [()] * (3 + len(names))
+        self.ids, self.artists, self.song_keys = columns[0], columns[1], columns[2]
+        self.vectors = np.array(columns[3:], dtype=np.float64).reshape(len(names), len(rows)).T.copy()
+        tempo = names.index("tempo")
+        self.vectors[:, tempo] = np.minimum(self.vectors[:, tempo] / cfg["tempo_scale"], 1.0)
+        self.valence = self.vectors[:, names.index("valence")].copy()
+        self.names = names
+        self.index = {t: i for i, t in enumerate(self.ids)}
+        self.used = np.zeros(len(rows), dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def use(self, track_id: str) -> None:
+        if track_id in self.index:
+            self.used[self.index[track_id]] = True
+
+    def nearest(self, target, k: int, min_valence=None) -> Pool:
+        """The k nearest unused tracks (with valence >= min_valence), nearest first; their rows
+        hold what ranking needs (`full_rows` adds the rest)."""
+        ok = ~self.used if min_valence is None else ~self.used & (self.valence >= min_valence)
+        index = np.flatnonzero(ok)
+        d = np.linalg.norm(self.vectors[index] - target, axis=1)
+        chosen = index[np.lexsort((index, d))[:k]]  # by distance, then track_id (rows are sorted by it)
+        rows = [
+            {"track_id": self.ids[i], "artists": self.artists[i], "song_key": self.song_keys[i]}
+            for i in chosen
+        ]
+        return Pool(rows, self.vectors[chosen])
+
+
+def feature_matrix(rows: list[dict]) -> np.ndarray:
+    """`feature_vector` of every row, one row each (the same float64 values)."""
+    cfg = config()
+    names = cfg["features"]
+    out = np.array([[float(r[f]) for f in names] for r in rows], dtype=np.float64)
+    out = out.reshape(len(rows), len(names))
+    tempo = names.index("tempo")
+    out[:, tempo] = np.minimum(out[:, tempo] / cfg["tempo_scale"], 1.0)
+    return out
 
 
 def build_playlist(
@@ -123,11 +281,18 @@ def build_playlist(
     exclude=(),
     diversity: float | None = None,
     min_valence=None,
+    stats: dict | None = None,
 ) -> list[Track]:
     """One track per target row, chosen by maximal marginal relevance under the playlist rules:
-    no track or song (same name + first artist) twice, no artist twice in a row."""
+    no track or song (same name + first artist) twice, no artist twice in a row.
+
+    `stats`, when given, is filled with how the candidates were found: `plan` ("index" or "set"),
+    `estimated_rows` (filtered playlists), `queries` (candidate queries sent) and `exact_scans`
+    (those among them that scanned without the vector index)."""
     filters = filters or Filters()
-    settings = {"enable_indexscan": "on"}  # planner settings in force in this transaction
+    stats = {} if stats is None else stats
+    stats.update(plan="index", queries=0, exact_scans=0)
+    settings: dict = {}  # the settings made in this transaction
     cfg = config()["playlist"]
     diversity = cfg["diversity"] if diversity is None else diversity
     cap = cfg["diversity_cap"]
@@ -135,8 +300,30 @@ def build_playlist(
     min_valence = list(min_valence) if min_valence is not None else [None] * n
     distinct = {(tuple(np.round(t, 6)), mv) for t, mv in zip(targets, min_valence, strict=True)}
     k = max(cfg["min_candidates"], cfg["candidates_per_track"] * (n if len(distinct) == 1 else 3))
+    where, params = filter_sql(filters)
+    whole: TrackSet | None = None
+    if where:
+        rows, total = estimated_rows(conn, where, params)
+        stats["estimated_rows"] = rows
+        if whole_set_pays(rows, total, len(distinct), k):
+            stats["queries"] += 1
+            found = filtered_tracks(conn, where, params, sorted(set(exclude)), 2 * SET_ROWS)
+            if found is not None:  # else the estimate was far off: the index plan after all
+                whole, stats["plan"] = TrackSet(found), "set"
+
+    def fetch(t, size, mv, used_ids) -> Pool:
+        if whole is not None:
+            return whole.nearest(t, size, mv)
+        rows = candidates(conn, t, size, filters, sorted(used_ids), mv, settings=settings)
+        stats["queries"] += 1
+        if len(rows) < size and (where or mv is not None):  # short: the scan gave up, or too few pass
+            rows = candidates(conn, t, size, filters, sorted(used_ids), mv, exact=True)
+            stats["queries"] += 1
+            stats["exact_scans"] += 1
+        return Pool(rows)
+
     pools: dict = {}
-    tracks: list[Track] = []
+    picks: list[tuple[dict, float, int]] = []  # (row, distance to its target, position)
     vectors: list[np.ndarray] = []  # feature vectors of the chosen tracks, for the diversity term
     used_ids, used_songs = set(exclude), set()
     prev_artists: frozenset[str] = frozenset()
@@ -144,48 +331,57 @@ def build_playlist(
         key = (tuple(np.round(t, 6)), mv)
         pick = None
         for attempt in range(4):
+            size = min(MAX_CANDIDATES, k * 2**attempt)
             if key not in pools or attempt:
-                size = min(MAX_CANDIDATES, k * 2**attempt)
-                rows = candidates(conn, t, size, filters, sorted(used_ids), mv, settings=settings)
-                if len(rows) < size and (filter_sql(filters)[0] or mv is not None):
-                    rows = candidates(
-                        conn, t, size, filters, sorted(used_ids), mv, exact=True, settings=settings
-                    )
-                pools[key] = rows
-            pool = [
-                r for r in pools[key] if r["track_id"] not in used_ids and r["song_key"] not in used_songs
+                pools[key] = fetch(t, size, mv, used_ids)
+            pool = pools[key]
+            available = [
+                j
+                for j, r in enumerate(pool.rows)
+                if r["track_id"] not in used_ids and r["song_key"] not in used_songs
             ]
-            pick = _best(pool, t, vectors, diversity, cap, prev_artists)
-            if pick is not None or len(pools[key]) < min(MAX_CANDIDATES, k * 2**attempt):
+            pick = _best(pool, available, t, vectors, diversity, cap, prev_artists)
+            if pick is not None or len(pool) < size:
                 break
         if pick is None:
             break  # the catalogue (after filters) has no more tracks
-        row, vec = pick
+        row, vec = pool.rows[pick], pool.vectors[pick]
         used_ids.add(row["track_id"])
         used_songs.add(row["song_key"])
-        prev_artists = artist_set(row["artists"])
-        tracks.append(track(row, float(np.linalg.norm(vec - t)), i))
+        if whole is not None:
+            whole.use(row["track_id"])
+        prev_artists = pool.artists[pick]
+        picks.append((row, float(np.linalg.norm(vec - t)), i))
         vectors.append(vec)
-    if settings["enable_indexscan"] != "on":  # leave the transaction as it was for the caller
-        _set_local(conn, settings, "enable_indexscan", "on")
-    return tracks
+    if whole is not None and picks:  # the set's rows hold only what ranking needs
+        rows = full_rows(conn, [row for row, _, _ in picks])
+        picks = [(rows[row["track_id"]], d, i) for row, d, i in picks if row["track_id"] in rows]
+    return [track(row, distance, i) for row, distance, i in picks]
 
 
-def _best(pool, target, chosen_vecs, diversity, cap, prev_artists):
-    best, best_score = None, None
-    fallback = None
-    for row in pool:
-        vec = feature_vector(row)
-        d = float(np.linalg.norm(vec - target))
-        spread = min(cap, min((float(np.linalg.norm(vec - c)) for c in chosen_vecs), default=cap))
-        score = -(1 - diversity) * d + diversity * spread
-        if artist_set(row["artists"]) & prev_artists:
+def _best(pool: Pool, available: list[int], target, chosen_vecs, diversity, cap, prev_artists):
+    """The pool index of the available row with the best MMR score whose artists do not repeat the
+    previous track's (ties within 1e-12 go to the nearer row), else the nearest available row;
+    None when nothing is available."""
+    if not available:
+        return None
+    vecs = pool.vectors[available]
+    d = np.linalg.norm(vecs - target, axis=1)
+    if chosen_vecs:
+        gaps = np.linalg.norm(vecs[:, None, :] - np.asarray(chosen_vecs)[None, :, :], axis=2)
+        spread = np.minimum(cap, gaps.min(axis=1))
+    else:
+        spread = np.full(len(available), cap)
+    scores = (-(1 - diversity) * d + diversity * spread).tolist()
+    best, best_score, fallback = None, None, None
+    for j, score in zip(available, scores, strict=True):
+        if pool.artists[j] & prev_artists:
             if fallback is None:
-                fallback = (row, vec)
+                fallback = j
             continue
         if best_score is None or score > best_score + 1e-12:
-            best, best_score = (row, vec), score
-    return best or fallback
+            best, best_score = j, score
+    return fallback if best is None else best
 
 
 def track(row: dict, distance: float, position: int) -> Track:
