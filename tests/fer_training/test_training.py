@@ -7,9 +7,18 @@ from moodtunes_fer_training import augment
 from moodtunes_fer_training import train as fer_train
 
 
+def tiny_run(tiny_npz, out, **options) -> dict:
+    """A seconds-long training run: 32 images per split, batches of 16, one epoch unless told."""
+    return fer_train.train(
+        tiny_npz,
+        out,
+        **{"epochs": 1, "batch_size": 16, "limit": 32, "verbose": 0, "jit_compile": False, **options},
+    )
+
+
 def test_training_smoke_run_writes_checkpoints_and_state(tmp_path, tiny_npz):
     out = tmp_path / "run"
-    state = fer_train.train(tiny_npz, out, epochs=1, batch_size=16, limit=32, verbose=0, jit_compile=False)
+    state = tiny_run(tiny_npz, out)
     assert state["epochs_done"] == 1 and state["finished"] is True
     assert state["train_images"] == 32 and state["val_images"] == 32
     assert state["data_report"]["images_out"] == 80
@@ -171,16 +180,7 @@ def test_budgeted_schedule_warms_up_then_anneals_over_the_planned_epochs():
 
 
 def test_a_time_budget_stops_the_run_and_records_its_plan(tmp_path, tiny_npz):
-    state = fer_train.train(
-        tiny_npz,
-        tmp_path / "run",
-        epochs=50,
-        batch_size=16,
-        limit=32,
-        verbose=0,
-        jit_compile=False,
-        time_budget_s=1.0,
-    )
+    state = tiny_run(tiny_npz, tmp_path / "run", epochs=50, time_budget_s=1.0)
     # a one-second budget allows the first epoch only; the run stops there and calls itself finished
     assert state["epochs_done"] == 1 and state["epochs_planned"] == 1 and state["finished"] is True
     assert state["time_budget_s"] == 1.0 and state["learning_rate_by_epoch"] == {"1": 0.001}
@@ -191,16 +191,7 @@ def test_extra_data_joins_the_training_split_only(tmp_path, tiny_npz, make_fer_i
     x_extra[0] = 128  # a blank frame: cleaned away like in the main split
     extra = tmp_path / "supplement.npz"
     np.savez(extra, x_train=x_extra, y_train=y_extra)
-    state = fer_train.train(
-        tiny_npz,
-        tmp_path / "run",
-        epochs=1,
-        batch_size=16,
-        limit=32,
-        verbose=0,
-        jit_compile=False,
-        extra_data=extra,
-    )
+    state = tiny_run(tiny_npz, tmp_path / "run", extra_data=extra)
     assert state["extra_data"]["images_in"] == 30 and state["extra_data"]["dropped_blank"] == 1
     assert state["train_images"] == 32 + 29
     assert state["val_images"] == 32

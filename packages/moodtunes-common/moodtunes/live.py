@@ -93,6 +93,16 @@ def get(session_id: str) -> dict[str, Any] | None:
         ).fetchone()
 
 
+def options(session_id: str) -> dict[str, Any] | None:
+    """What a frame needs of its session (owner, options, state): none of its frames or trend."""
+    with connection() as conn:
+        return conn.execute(
+            """SELECT id, client_key, mode, track_limit, filters, diversity, closed_at, frames_dropped
+               FROM live_sessions WHERE id = %s""",
+            (session_id,),
+        ).fetchone()
+
+
 def close(session_id: str) -> None:
     """Closes the session and deletes its frames (their jobs, and any photo still stored)."""
     with connection() as conn:
@@ -212,10 +222,9 @@ def next_state(session: dict, frame_id: str, frame_at: datetime, now: datetime, 
         "valence": round(float(valence), 6),
         "arousal": round(float(arousal), 6),
     }
-    horizon = (now.timestamp() - float(session["window_s"])) if now else None
+    horizon = now.timestamp() - float(session["window_s"])
     frames = sorted([*session["frames"], frame], key=lambda f: f["at"])
-    if horizon is not None:
-        frames = [f for f in frames if datetime.fromisoformat(f["at"]).timestamp() >= horizon]
+    frames = [f for f in frames if datetime.fromisoformat(f["at"]).timestamp() >= horizon]
     trend = list(session["trend"])
     if not late:
         trend.append({k: smoothed[k] for k in ("at", "valence", "arousal", "emotion")})

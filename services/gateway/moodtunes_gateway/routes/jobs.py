@@ -237,6 +237,21 @@ def valid_id(job_id: str) -> bool:
     return True
 
 
+def owned_row(fetch, row_id: str, owner: Owner | None, not_found) -> dict:
+    """`fetch(row_id)`'s row (a job's, a live session's), to its owner only: for anyone else, and
+    for an unknown or malformed id, `not_found(row_id)` (404): it does not exist."""
+    if owner is None or not valid_id(row_id):
+        raise not_found(row_id)
+    backends.use_gateway_pool()
+    try:
+        row = fetch(row_id)
+    except psycopg.OperationalError as exc:
+        raise backends.database_unavailable(exc) from exc
+    if row is None or row["client_key"] != owner.key:
+        raise not_found(row_id)
+    return row
+
+
 @router.get(
     "/jobs/{job_id}",
     response_model=Job,
@@ -245,16 +260,7 @@ def valid_id(job_id: str) -> bool:
 )
 def get_job(job_id: str, owner: Annotated[Owner | None, Depends(current_owner)], _key: ApiKey):
     """The job, to its owner only: to anyone else it does not exist (404, as for an unknown id)."""
-    if owner is None or not valid_id(job_id):
-        raise job_not_found(job_id)
-    backends.use_gateway_pool()
-    try:
-        row = jobs.poll(job_id)
-    except psycopg.OperationalError as exc:
-        raise backends.database_unavailable(exc) from exc
-    if row is None or row["client_key"] != owner.key:
-        raise job_not_found(job_id)
-    return job_view(row)
+    return job_view(owned_row(jobs.poll, job_id, owner, job_not_found))
 
 
 class FeedbackIn(BaseModel):
@@ -307,16 +313,7 @@ def post_feedback(
 def _own_job_for_feedback(request: Request, job_id: str, owner: Owner | None) -> dict:
     client = owner.limit_key if owner else "ip:" + client_ip(request)
     guards.check_rate("feedback", get_settings().rate_limit_feedback, client)
-    if owner is None or not valid_id(job_id):
-        raise job_not_found(job_id)
-    backends.use_gateway_pool()
-    try:
-        row = jobs.get(job_id)
-    except psycopg.OperationalError as exc:
-        raise backends.database_unavailable(exc) from exc
-    if row is None or row["client_key"] != owner.key:
-        raise job_not_found(job_id)
-    return row
+    return owned_row(jobs.get, job_id, owner, job_not_found)
 
 
 @router.delete(

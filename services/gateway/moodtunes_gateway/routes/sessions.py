@@ -29,8 +29,8 @@ from moodtunes_gateway.routes.jobs import (
     Mode,
     enqueue_or_fail,
     job_filters,
+    owned_row,
     read_checked_image,
-    valid_id,
 )
 from moodtunes_gateway.schemas import FrameAccepted, LiveSession, LiveSessionCreated
 
@@ -61,19 +61,6 @@ class SessionRequest(BaseModel):
 
 def session_not_found(session_id: str) -> APIError:
     return APIError(404, "session_not_found", f"No live session with id {session_id!r}.")
-
-
-def own_session(session_id: str, owner: Owner | None) -> dict:
-    if owner is None or not valid_id(session_id):
-        raise session_not_found(session_id)
-    backends.use_gateway_pool()
-    try:
-        row = live.get(session_id)
-    except psycopg.OperationalError as exc:
-        raise backends.database_unavailable(exc) from exc
-    if row is None or row["client_key"] != owner.key:
-        raise session_not_found(session_id)
-    return row
 
 
 @router.post(
@@ -150,7 +137,7 @@ def post_frame(
     """One frame in (202): it goes through the same queue, worker and model as a photo. A frame
     of this session still waiting in the queue is dropped for this newer one (`superseded`)."""
     s = get_settings()
-    session = own_session(session_id, owner)
+    session = owned_row(live.options, session_id, owner, session_not_found)  # not its frames or trend
     if session["closed_at"] is not None:
         raise session_closed(session_id)
     guards.check_rate("frames", s.rate_limit_frames, owner.limit_key)
@@ -217,7 +204,7 @@ def session_closed(session_id: str) -> APIError:
 )
 def get_session(session_id: str, owner: Annotated[Owner | None, Depends(current_owner)], _key: ApiKey):
     """The session: its frames in the window, smoothed mood, trend and current playlist."""
-    row = own_session(session_id, owner)
+    row = owned_row(live.get, session_id, owner, session_not_found)
     return {
         "id": str(row["id"]),
         "mode": row["mode"],
@@ -248,7 +235,7 @@ def get_session(session_id: str, owner: Annotated[Owner | None, Depends(current_
 )
 def delete_session(session_id: str, owner: Annotated[Owner | None, Depends(current_owner)], _key: ApiKey):
     """Closes the session and deletes its frames; later frames get 409 session_closed."""
-    own_session(session_id, owner)
+    owned_row(live.options, session_id, owner, session_not_found)
     try:
         live.close(session_id)
     except psycopg.OperationalError as exc:
