@@ -64,3 +64,27 @@ def test_save_load_round_trip_and_sklearn_version_guard(tmp_path):
 def test_load_head_needs_both_files(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_head(tmp_path)
+
+
+def test_a_distilled_head_draws_boundaries_from_one_labelling_and_calibrates_on_the_other(tmp_path):
+    """Clean 'teacher' labels set the boundaries; probabilities are calibrated on the noisy true
+    labels, so they say how often the truth agrees (about 70% here), not the teacher's certainty."""
+    x_all, clean_all = blobs(n_per_class=100, seed=1)
+    fit_rows = np.arange(len(x_all)) % 5 != 0  # the rest: new faces
+    x, clean, x_new, clean_new = x_all[fit_rows], clean_all[fit_rows], x_all[~fit_rows], clean_all[~fit_rows]
+    rng = np.random.default_rng(2)
+    noisy = np.where(rng.random(len(clean)) < 0.3, rng.integers(0, 5, len(clean)), clean)
+    agreement = (noisy == clean).mean()
+
+    distilled = build_head("svm", pca_components=8, distilled=True).fit(x, noisy, clf__decision_y=clean)
+    platt_on_teacher = build_head("svm", pca_components=8).fit(x, clean)
+    proba = proba_in_class_order(distilled, x_new)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    assert (proba.argmax(1) == clean_new).mean() > 0.95  # the teacher's boundaries
+    assert abs(proba.max(1).mean() - agreement) < 0.1  # calibrated to how often the truth agrees
+    assert proba_in_class_order(platt_on_teacher, x_new).max(1).mean() > agreement + 0.15
+
+    save_head(distilled, tmp_path, {"feature_dim": 64})
+    np.testing.assert_allclose(load_head(tmp_path).predict_proba(x_new), proba)
+    with pytest.raises(ValueError, match="only the svm head"):
+        build_head("knn", distilled=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin  # DistilledSVC is part of a pickled head
 
 from moodtunes_fer.signature import CLASS_NAMES
 
@@ -24,6 +25,49 @@ SVM_GAMMA = "scale"
 KNN_K = 5
 CALIBRATION_FOLDS = 5  # Platt scaling folds; what SVC(probability=True) did internally
 KINDS = ("svm", "knn", "tree", "logreg")
+
+
+class DistilledSVC(ClassifierMixin, BaseEstimator):
+    """An RBF SVC fitted on one set of labels, with probabilities calibrated on another.
+
+    A head distilled from an ensemble draws its boundaries from the ensemble's labels of the
+    training faces (cleaner than FER2013's: `decision_y`), but the music needs probabilities that
+    mean what they say about real faces, so the calibration is fitted on FER2013's own labels (`y`):
+    a multinomial logistic regression on the SVC's out-of-fold decision values (Platt scaling, made
+    multiclass). Platt scaling on the ensemble's labels instead was measured overconfident
+    (x_val: mean top probability 0.93 at 0.71 accuracy; `benchmarks/fer_head_labels.py`).
+    """
+
+    def __init__(self, C: float = 1.0, gamma: float | str = "scale", folds: int = 5, seed: int = 1337):
+        self.C, self.gamma, self.folds, self.seed = C, gamma, folds, seed
+
+    def _svc(self):
+        from sklearn.svm import SVC
+
+        return SVC(kernel="rbf", C=self.C, gamma=self.gamma, random_state=self.seed)
+
+    def fit(self, X, y, decision_y=None):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import StratifiedKFold
+
+        y = np.asarray(y)
+        decision_y = y if decision_y is None else np.asarray(decision_y)
+        folds = StratifiedKFold(self.folds, shuffle=True, random_state=self.seed)
+        decisions = np.zeros((len(y), len(np.unique(decision_y))))
+        for fit_rows, held_rows in folds.split(X, decision_y):
+            decisions[held_rows] = (
+                self._svc().fit(X[fit_rows], decision_y[fit_rows]).decision_function(X[held_rows])
+            )
+        self.svc_ = self._svc().fit(X, decision_y)
+        self.calibrator_ = LogisticRegression(max_iter=2000).fit(decisions, y)
+        self.classes_ = self.calibrator_.classes_
+        return self
+
+    def predict_proba(self, X):
+        return self.calibrator_.predict_proba(self.svc_.decision_function(X))
+
+    def predict(self, X):
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
 
 class HeadVersionError(RuntimeError):
@@ -39,9 +83,13 @@ def build_head(
     k: int = KNN_K,
     max_depth: int | None = None,
     probability: bool = True,
+    distilled: bool = False,
     seed: int = SEED,
 ):
     """An unfitted Pipeline(pca, scale, clf); `pca_components=None` skips PCA.
+
+    `distilled` (svm only) makes the classifier a `DistilledSVC`: fit it with
+    `pipeline.fit(features, true_labels, clf__decision_y=teacher_labels)`.
 
     For "svm" with `probability=True` the RBF SVC is wrapped in a Platt-scaling
     CalibratedClassifierCV(ensemble=False): scikit-learn 1.9 deprecated SVC(probability=True) in
@@ -57,7 +105,11 @@ def build_head(
     from sklearn.svm import SVC
     from sklearn.tree import DecisionTreeClassifier
 
-    if kind == "svm":
+    if distilled and kind != "svm":
+        raise ValueError("only the svm head can be distilled")
+    if kind == "svm" and distilled:
+        clf = DistilledSVC(C=C, gamma=gamma, folds=CALIBRATION_FOLDS, seed=seed)
+    elif kind == "svm":
         clf = SVC(kernel="rbf", C=C, gamma=gamma, random_state=seed)
         if probability:
             clf = CalibratedClassifierCV(clf, method="sigmoid", cv=CALIBRATION_FOLDS, ensemble=False)

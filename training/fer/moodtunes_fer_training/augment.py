@@ -92,7 +92,8 @@ def mixup(images, labels, weights, rng: np.random.Generator, alpha: float = MIXU
 
 
 class TrainingBatches(keras.utils.PyDataset):
-    """Shuffled, augmented (images, one-hot labels, sample weights) batches; reshuffled each epoch."""
+    """Shuffled, augmented (images, targets, sample weights) batches; reshuffled each epoch. Targets
+    are one-hot labels, or the given soft `targets` (N, classes) of a distillation run."""
 
     def __init__(
         self,
@@ -104,10 +105,13 @@ class TrainingBatches(keras.utils.PyDataset):
         mixup_alpha=MIXUP_ALPHA,
         seed=SEED,
         workers=LOADER_THREADS,
+        targets=None,
     ):
         super().__init__(workers=workers, use_multiprocessing=False)
         self.x = x[..., None].astype(np.float32)
-        self.onehot = np.eye(num_classes, dtype=np.float32)[y]
+        self.onehot = (
+            np.eye(num_classes, dtype=np.float32)[y] if targets is None else np.asarray(targets, np.float32)
+        )
         self.sw = (weights if weights is not None else np.ones(num_classes, np.float32))[y]
         self.batch_size, self.mixup_alpha, self.seed = batch_size, mixup_alpha, seed
         self.epoch = 0

@@ -120,6 +120,10 @@ def export(
         Path | None, typer.Option(help="run dir with train_state.json (default: the checkpoint's folder)")
     ] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
+    head_teacher: Annotated[
+        Path | None,
+        typer.Option(help="fit the head on this ensemble's labels (a teacher npz) instead of FER2013's"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="last line: the model card")] = False,
 ):
     """Export a checkpoint as <models-dir>/<model-name>/<version>/ with its head and model card."""
@@ -143,6 +147,7 @@ def export(
         train_dir=train_dir,
         batch_size=batch_size,
         log=_log,
+        head_teacher=head_teacher,
     )
     m = card["metrics"]
     typer.echo(

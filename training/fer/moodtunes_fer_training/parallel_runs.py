@@ -27,6 +27,19 @@ RUNS = (
     ("s23_plain", ["--seed", "23", "--mixup", "0.0"]),
     ("s24_mixup_b128", ["--seed", "24", "--mixup", "0.2", "--batch-size", "128", "--peak-lr", "0.02"]),
 )
+# Distilling the three best v5 runs (teacher.py) into one network; "{init}" is --init-from (the
+# deployed run's weights), so a warm-started student and a from-scratch one compare on one lease.
+DISTILL_RUNS = (
+    ("d1_init_w07", ["--init-from", "{init}", "--seed", "31", "--mixup", "0.2", "--batch-size", "128",
+                     "--peak-lr", "0.01", "--teacher-weight", "0.7"]),
+    ("d2_init_w10", ["--init-from", "{init}", "--seed", "32", "--mixup", "0.2", "--batch-size", "128",
+                     "--peak-lr", "0.01", "--teacher-weight", "1.0"]),
+    ("d3_init_w07_lowlr", ["--init-from", "{init}", "--seed", "33", "--mixup", "0.0", "--batch-size", "128",
+                           "--peak-lr", "0.004", "--teacher-weight", "0.7"]),
+    ("d4_scratch_w07", ["--seed", "34", "--mixup", "0.2", "--batch-size", "128", "--peak-lr", "0.02",
+                        "--teacher-weight", "0.7"]),
+)  # fmt: skip
+PRESETS = {"scratch": RUNS, "distill": DISTILL_RUNS}
 PIECE_BYTES = 15 * 1024 * 1024  # a lease returns files of at most 16 MiB
 KEEP = 3  # weights of the best KEEP runs come back (three ~18 MB models fit the 64 MiB return)
 
@@ -110,12 +123,20 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--out", default="runs/parallel")
     p.add_argument("--budget", type=float, required=True, help="wall-clock seconds per run")
     p.add_argument("--epochs", type=int, default=300, help="cap on each run's epochs")
-    p.add_argument("--runs", help="comma-separated subset of: " + ",".join(n for n, _ in RUNS))
+    p.add_argument("--preset", choices=sorted(PRESETS), default="scratch")
+    p.add_argument("--runs", help="comma-separated subset of the preset's runs")
+    p.add_argument("--init-from", default="", help="weights for runs whose options say {init}")
     p.add_argument("--export-dir", help="write the best runs' weights and all logs here")
     p.add_argument("--keep", type=int, default=KEEP)
     p.add_argument("extra", nargs="*", help="more train.py options for every run (after --)")
     a = p.parse_args(argv)
-    runs = [r for r in RUNS if not a.runs or r[0] in a.runs.split(",")]
+    runs = [
+        (name, [o.format(init=a.init_from) for o in options])
+        for name, options in PRESETS[a.preset]
+        if not a.runs or name in a.runs.split(",")
+    ]
+    if any("--init-from" in options and not a.init_from for _, options in runs):
+        p.error("these runs start from earlier weights: pass --init-from")
     out = Path(a.out)
     t0 = time.perf_counter()
     codes = launch(runs, a.data, out, a.budget, a.epochs, a.extra)

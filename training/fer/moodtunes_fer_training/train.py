@@ -32,6 +32,7 @@ CONTRAST = 0.2  # contrast factor drawn from [0.8, 1.2] per image
 ERASE_PROB = 0.5  # random erasing (Zhong et al. 2017): one grey-noise box per image, 2-20% area
 ERASE_AREA = (0.02, 0.20)
 MIXUP_ALPHA = 0.0  # mixup (Zhang et al. 2018) Beta(alpha, alpha) mixing weight; 0 turns it off
+TEACHER_WEIGHT = 0.7  # with a teacher: target = w * ensemble probabilities + (1 - w) * one-hot label
 
 
 def class_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
@@ -42,13 +43,22 @@ def class_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def make_dataset(
-    x, y, batch_size, num_classes, training, weights=None, mixup_alpha: float = MIXUP_ALPHA, seed: int = SEED
+    x,
+    y,
+    batch_size,
+    num_classes,
+    training,
+    weights=None,
+    mixup_alpha: float = MIXUP_ALPHA,
+    seed: int = SEED,
+    targets=None,
 ):
-    """Training: augmented `TrainingBatches`; evaluation: plain (images, one-hot) numpy batches."""
+    """Training: augmented `TrainingBatches` (on soft `targets` when given); evaluation: plain
+    (images, one-hot) numpy batches."""
     if training:
         from moodtunes_fer_training.augment import TrainingBatches
 
-        return TrainingBatches(x, y, batch_size, num_classes, weights, mixup_alpha, seed)
+        return TrainingBatches(x, y, batch_size, num_classes, weights, mixup_alpha, seed, targets=targets)
     return x[..., None].astype(np.float32), np.eye(num_classes, dtype=np.float32)[y]
 
 
@@ -100,13 +110,27 @@ def hardware() -> dict:
     return info
 
 
-def load_initial_weights(model, source: str | os.PathLike) -> None:
-    """Copies weights from a .keras checkpoint or an exported TF Serving version folder."""
+def save_compact_weights(checkpoint: str | os.PathLike, out: str | os.PathLike) -> None:
+    """A .keras checkpoint's weights as float16 arrays in an npz: under half the checkpoint's
+    size, small enough to travel to a lent GPU machine beside the data, exact enough to start from."""
     import keras
-    import tensorflow as tf
+
+    weights = keras.models.load_model(checkpoint, compile=False).get_weights()
+    np.savez_compressed(out, **{f"w{i}": w.astype(np.float16) for i, w in enumerate(weights)})
+
+
+def load_initial_weights(model, source: str | os.PathLike) -> None:
+    """Copies weights from a .keras checkpoint, an exported TF Serving version folder or an npz of
+    `save_compact_weights`."""
+    import keras
 
     source = Path(source)
-    if source.is_dir():
+    if source.suffix == ".npz":
+        with np.load(source) as f:
+            model.set_weights([f[f"w{i}"].astype(np.float32) for i in range(len(f.files))])
+    elif source.is_dir():
+        import tensorflow as tf
+
         from moodtunes_fer_training.export import serving_module
 
         # the export's tf.Module wraps the same layers, so its variable checkpoint maps one to one
@@ -148,6 +172,8 @@ def train(
     extra_data: str | os.PathLike | None = None,
     time_budget_s: float | None = None,
     width: float = 1.0,
+    teacher: str | os.PathLike | None = None,
+    teacher_weight: float = TEACHER_WEIGHT,
 ) -> dict:
     """Trains (or resumes) a run in `out_dir`; returns its state (epochs done, time, best val).
 
@@ -158,6 +184,9 @@ def train(
     `time_budget_s` fits the run to a wall-clock budget (a lent GPU machine's lease): `epochs`
     becomes a cap, and a per-epoch cosine re-plans the epoch count from measured epoch times.
     `width` multiplies every conv block's filters (2.0 gives VGG16's own 64-128-256-512-512).
+    `teacher` is an npz of `moodtunes_fer_training.teacher` (an ensemble's probabilities for this
+    cleaned split): the run distils it, training on `teacher_weight` x its probabilities +
+    the rest x the labels, without label smoothing (the ensemble's targets are soft already).
     """
     import keras
 
@@ -188,8 +217,18 @@ def train(
         )
     n_classes = len(CLASS_NAMES)
     weights = class_weights(train_split.y, n_classes)
+    targets = None
+    if teacher:
+        if extra_data or limit:
+            raise ValueError(
+                "a teacher's targets cover the cleaned FER2013 split only: no --extra-data, --limit"
+            )
+        from moodtunes_fer_training.teacher import load_teacher
+
+        onehot = np.eye(n_classes, dtype=np.float32)[train_split.y]
+        targets = teacher_weight * load_teacher(teacher, train_split.x) + (1 - teacher_weight) * onehot
     train_ds = make_dataset(
-        train_split.x, train_split.y, batch_size, n_classes, True, weights, mixup_alpha, seed + done
+        train_split.x, train_split.y, batch_size, n_classes, True, weights, mixup_alpha, seed + done, targets
     )
     val_ds = make_dataset(val_split.x, val_split.y, batch_size, n_classes, False)
 
@@ -210,7 +249,7 @@ def train(
         load_initial_weights(model, init_from)
     model.compile(
         optimizer=keras.optimizers.SGD(schedule, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=LABEL_SMOOTHING),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.0 if teacher else LABEL_SMOOTHING),
         metrics=["accuracy"],
         jit_compile=jit_compile,
     )
@@ -241,7 +280,7 @@ def train(
             "hyperparameters": {
                 "momentum": MOMENTUM,
                 "weight_decay": WEIGHT_DECAY,
-                "label_smoothing": LABEL_SMOOTHING,
+                "label_smoothing": 0.0 if teacher else LABEL_SMOOTHING,
                 "rotation_deg": ROTATION_DEG,
                 "shift": SHIFT,
                 "zoom": ZOOM,
@@ -252,6 +291,7 @@ def train(
             },
             "train_images": int(len(train_split.x)),
             "val_images": int(len(val_split.x)),
+            "teacher": {"path": str(teacher), "weight": teacher_weight} if teacher else None,
         }
     )
     if init_from:
@@ -386,6 +426,9 @@ def main(argv=None) -> dict:
     p.add_argument("--mixup", type=float, default=MIXUP_ALPHA)
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--time-budget", type=float, help="seconds; epochs becomes a cap")
+    p.add_argument("--init-from", help=".keras checkpoint, export folder or compact npz to start from")
+    p.add_argument("--teacher", help="ensemble targets npz to distil (moodtunes_fer_training.teacher)")
+    p.add_argument("--teacher-weight", type=float, default=TEACHER_WEIGHT)
     p.add_argument("--limit", type=int)
     p.add_argument("--jit", default="auto")
     p.add_argument("--verbose", type=int, default=2)
@@ -404,6 +447,9 @@ def main(argv=None) -> dict:
         mixup_alpha=a.mixup,
         time_budget_s=a.time_budget,
         width=a.width,
+        init_from=a.init_from,
+        teacher=a.teacher,
+        teacher_weight=a.teacher_weight,
     )
 
 
