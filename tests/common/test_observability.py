@@ -57,6 +57,24 @@ def test_json_records_carry_the_bound_job_and_nothing_once_unbound(logs):
     assert "job_id" not in outside and outside["level"] == "WARNING"
 
 
+def test_celerys_own_lines_about_a_jobs_task_carry_its_job(logs, monkeypatch):
+    """'Task ...[id] received' comes before the task binds its job, 'succeeded' after it unbinds:
+    the job comes from the task id Celery logs (job id, or job id:stage), for job tasks only."""
+    monkeypatch.setitem(observability._task_services, "moodtunes.recommend", "recommender")
+    out = logs("json", "recommender")
+    received = logging.getLogger("celery.worker.strategy")
+    received.info("Task %(name)s[%(id)s] received", {"name": "moodtunes.recommend", "id": "job-9:recommend"})
+    traced = logging.getLogger("celery.app.trace")
+    traced.info(
+        "Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s",
+        {"name": "moodtunes.recommend", "id": "job-9:recommend", "runtime": 0.1, "return_value": None},
+    )
+    received.info("Task %(name)s[%(id)s] received", {"name": "celery.backend_cleanup", "id": "3f2a-uuid"})
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line.get("job_id") for line in lines] == ["job-9", "job-9", None]
+    assert lines[0]["message"] == "Task moodtunes.recommend[job-9:recommend] received"
+
+
 def test_text_format_is_for_people_and_setting_up_again_replaces_only_its_own_handler(logs):
     other = logging.StreamHandler(io.StringIO())
     logging.getLogger().addHandler(other)

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar, Token
 from pathlib import Path
 
@@ -84,7 +84,7 @@ class JobIdFilter(logging.Filter):
     tracing) to every record that passes the handler, whichever logger made it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        job_id = _job_id.get()
+        job_id = _job_id.get() or _celery_record_job_id(record)
         if job_id and not getattr(record, "job_id", None):
             record.job_id = job_id
         context = trace.get_current_span().get_span_context()
@@ -92,6 +92,19 @@ class JobIdFilter(logging.Filter):
             record.trace_id = format(context.trace_id, "032x")
             record.span_id = format(context.span_id, "016x")
         return True
+
+
+def _celery_record_job_id(record: logging.LogRecord) -> str | None:
+    """The job of Celery's own lines about a job's task ("Task ...[id] received", "... succeeded
+    in ..."), which it logs before the task starts or after it ends, outside any bound job: their
+    arguments name the task, whose id is the job id (or job id:stage). Other tasks' ids (periodic
+    ones) are not job ids and are left alone."""
+    args = record.args
+    if not record.name.startswith("celery") or not isinstance(args, Mapping):
+        return None
+    if args.get("name") not in _task_services or not isinstance(args.get("id"), str):
+        return None
+    return _job_id_of(args["id"], None)
 
 
 class _StderrHandler(logging.StreamHandler):
