@@ -137,6 +137,27 @@ def test_searching_the_nearer_mode_first_finds_what_both_partitions_find(databas
             assert pruned == [r["track_id"] for r in both.fetchall()]
 
 
+def test_one_statement_finds_every_targets_candidates_as_one_query_each_would(database):
+    """The index plan searches all of a playlist's targets (an uplift trajectory, with its valence
+    floors, both sides of mode 0.5) in one statement: the same tracks, in the same order, as one
+    `candidates` query per target, with and without filters and exclusions."""
+    targets = mapping.targets(PROBS[0], "uplift", 10)
+    floors = mapping.min_valence("uplift", 10)
+    keys = [(t, mv) for t, mv in zip(targets, floors, strict=True)]
+    keys.append((np.array([0.6, 0.6, 0.5, 0.5, 0.5]), None))  # on the partition boundary
+    assert {mv is None for _, mv in keys} == {True, False}
+    assert {t[4] >= 0.5 for t, _ in keys} == {True, False}
+    for filters, k in ((Filters(), 100), (Filters(min_popularity=50, exclude_explicit=True), 40)):
+        with connection() as conn:
+            exclude = [r["track_id"] for r in matching.candidates(conn, targets[0], 3, filters, [])]
+            batch, sent = matching.nearest_batch(conn, keys, k, filters, exclude)
+            assert sent == 2  # the boundary target needs its other partition too
+            for (t, mv), rows in zip(keys, batch, strict=True):
+                one = matching.candidates(conn, t, k, filters, exclude, mv)
+                assert [r[0] for r in rows] == [r["track_id"] for r in one]
+                assert len(rows) == k and not set(exclude) & {r[0] for r in rows}
+
+
 def test_the_exact_scan_stays_exact_once_its_statement_is_prepared(database, monkeypatch):
     """psycopg prepares a statement on its fifth run and PostgreSQL may then reuse a generic plan,
     planned under whatever settings were in force: the exact scan must not rely on settings (it

@@ -13,6 +13,13 @@ planner's estimate, one EXPLAIN per filtered playlist):
   past about k / selectivity tracks per position before its filtered LIMIT is met, and often give
   up (hnsw.max_scan_tuples) short of it, which used to send it to the exact scan.
 
+On the index plan every distinct target of a playlist (the uplift trajectory has one per
+position) is searched in one statement (`nearest_batch`: a LATERAL join over the targets), for its
+k nearest plus one per later position, so the tracks chosen before a target's first position can
+be dropped here and still leave its k nearest unused ones: the same candidates as one query per
+position excluding the tracks already chosen, in one round trip. Candidates carry only what
+ranking and the playlist rules need; the chosen tracks' other columns come in one query at the end.
+
 The exact scan in the database (no index order) is left for an index query that still comes back
 short, which the plan choice above keeps off the hot path; `build_playlist(stats=...)` counts it.
 """
@@ -126,6 +133,12 @@ def _set_local(conn, settings: dict | None, **values) -> None:
         conn.execute(f"SELECT {calls}", [x for item in changes.items() for x in item])
 
 
+def iterative_scans() -> dict:
+    """Settings under which a filtered index scan keeps walking the graph (in roughly nearest-first
+    order) until its LIMIT is met or MAX_SCAN_TUPLES are visited."""
+    return {"hnsw__iterative_scan": "relaxed_order", "hnsw__max_scan_tuples": MAX_SCAN_TUPLES}
+
+
 def _conditions(filters: Filters, exclude, min_valence) -> tuple[list[str], dict]:
     where, params = filter_sql(filters)
     if exclude:
@@ -154,9 +167,7 @@ def candidates(
     params.update(t=vector_literal(target), k=k)
     if exact:
         return conn.execute(exact_sql(where), params).fetchall()
-    scans = (
-        {"hnsw__iterative_scan": "relaxed_order", "hnsw__max_scan_tuples": MAX_SCAN_TUPLES} if where else {}
-    )
+    scans = iterative_scans() if where else {}
     _set_local(conn, settings, hnsw__ef_search=min(1000, max(EF_SEARCH, k)), **scans)
     # As nearest_sql, but the partition on the target's side of mode 0.5 first, and the other one
     # only when it could still contribute: when the near one came back short of k, or reached as
@@ -168,6 +179,73 @@ def candidates(
     if len(rows) < k or max(r["distance"] for r in rows) >= abs(mode - (1 - near)) - GAP_SLACK:
         rows += conn.execute(partition_sql(1 - near, where), params).fetchall()
     return sorted(rows, key=lambda r: (r["distance"], r["track_id"]))[:k]
+
+
+def lean_columns() -> tuple[str, ...]:
+    """What ranking and the playlist rules need of a candidate: id, artists, song key, features."""
+    return ("track_id", "artists", "song_key", *config()["features"])
+
+
+def batch_sql(where: list[str]) -> str:
+    """For each row of the unnested targets (vector, valence floor or NULL, partition to search),
+    the k nearest tracks of that mode partition that pass `where`: one branch per partition, each
+    on its own partial HNSW index, run only for the rows that name it (a one-time filter per row)."""
+    columns = ", ".join(lean_columns())
+    extra = "".join(f" AND {w}" for w in where)
+    branches = " UNION ALL ".join(
+        f"(SELECT {columns}, features <-> q.t AS distance FROM tracks WHERE q.part = {m} AND mode = {m}"
+        f" AND (q.floor IS NULL OR valence >= q.floor){extra} ORDER BY features <-> q.t LIMIT %(k)s)"
+        for m in (0, 1)
+    )
+    return (
+        "SELECT q.i, c.* FROM unnest(%(targets)s::vector[], %(floors)s::float8[], %(parts)s::int[]) "
+        f"WITH ORDINALITY AS q(t, floor, part, i) CROSS JOIN LATERAL ({branches}) c"
+    )
+
+
+def nearest_batch(
+    conn, keys: list[tuple], k: int, filters: Filters, exclude, settings: dict | None = None
+) -> tuple[list[list[tuple]], int]:
+    """`candidates` for many (target, valence floor) keys in one statement (two where a target's
+    other mode partition may hold some of its k nearest: the same rule as `candidates`): for each
+    key, up to k rows of `lean_columns()` + distance, nearest first. Also the statements sent."""
+    where, params = _conditions(filters, exclude, None)
+    floors = [None if mv is None else float(mv) for _, mv in keys]
+    iterative = bool(where) or any(f is not None for f in floors)
+    scans = iterative_scans() if iterative else {}
+    _set_local(conn, settings, hnsw__ef_search=min(1000, max(EF_SEARCH, k)), **scans)
+    mode_at = config()["features"].index("mode")
+    modes = [float(t[mode_at]) for t, _ in keys]
+    near = [1 if m >= 0.5 else 0 for m in modes]
+    sql, cur = batch_sql(where), conn.cursor(row_factory=tuple_row)
+
+    def search(which: list[int], parts: list[int]) -> dict[int, list[tuple]]:
+        found: dict[int, list[tuple]] = {i: [] for i in which}
+        rows = cur.execute(
+            sql,
+            {
+                **params,
+                "k": k,
+                "targets": [vector_literal(keys[i][0]) for i in which],
+                "floors": [floors[i] for i in which],
+                "parts": parts,
+            },
+        ).fetchall()
+        for row in rows:
+            found[which[row[0] - 1]].append(row[1:])
+        return found
+
+    everyone = list(range(len(keys)))
+    found = search(everyone, near)
+    further = [
+        i
+        for i in everyone
+        if len(found[i]) < k or max(r[-1] for r in found[i]) >= abs(modes[i] - (1 - near[i])) - GAP_SLACK
+    ]
+    if further:
+        for i, rows in search(further, [1 - near[i] for i in further]).items():
+            found[i] += rows
+    return [sorted(found[i], key=lambda r: (r[-1], r[0]))[:k] for i in everyone], 1 + bool(further)
 
 
 def estimated_rows(conn, where: list[str], params: dict) -> tuple[float, float]:
@@ -224,19 +302,33 @@ class Pool:
         return len(self.rows)
 
 
+def lean_pool(rows: list[tuple]) -> Pool:
+    """A Pool of `lean_columns()` tuples (any trailing columns are ignored)."""
+    names = config()["features"]
+    dicts = [{"track_id": r[0], "artists": r[1], "song_key": r[2]} for r in rows]
+    return Pool(dicts, scaled_features([r[3 : 3 + len(names)] for r in rows]))
+
+
+def scaled_features(values) -> np.ndarray:
+    """Rows of raw feature values (config order) -> `feature_vector`s, as float64."""
+    cfg = config()
+    names = cfg["features"]
+    out = np.array(values, dtype=np.float64).reshape(-1, len(names))
+    tempo = names.index("tempo")
+    out[:, tempo] = np.minimum(out[:, tempo] / cfg["tempo_scale"], 1.0)
+    return out
+
+
 class TrackSet:
     """The whole filtered catalogue, small enough to rank here: each position's candidates are its
     nearest eligible tracks, as the exact scan in the database would return them."""
 
     def __init__(self, rows: list[tuple]):
-        cfg = config()
-        names = cfg["features"]
+        names = config()["features"]
         rows = sorted(rows, key=lambda r: r[0])  # ties in distance: by track_id
         columns = list(zip(*rows, strict=True)) or [()] * (3 + len(names))
         self.ids, self.artists, self.song_keys = columns[0], columns[1], columns[2]
-        self.vectors = np.array(columns[3:], dtype=np.float64).reshape(len(names), len(rows)).T.copy()
-        tempo = names.index("tempo")
-        self.vectors[:, tempo] = np.minimum(self.vectors[:, tempo] / cfg["tempo_scale"], 1.0)
+        self.vectors = scaled_features(np.array(columns[3:], dtype=np.float64).reshape(len(names), -1).T)
         self.valence = self.vectors[:, names.index("valence")].copy()
         self.names = names
         self.index = {t: i for i, t in enumerate(self.ids)}
@@ -265,13 +357,8 @@ class TrackSet:
 
 def feature_matrix(rows: list[dict]) -> np.ndarray:
     """`feature_vector` of every row, one row each (the same float64 values)."""
-    cfg = config()
-    names = cfg["features"]
-    out = np.array([[float(r[f]) for f in names] for r in rows], dtype=np.float64)
-    out = out.reshape(len(rows), len(names))
-    tempo = names.index("tempo")
-    out[:, tempo] = np.minimum(out[:, tempo] / cfg["tempo_scale"], 1.0)
-    return out
+    names = config()["features"]
+    return scaled_features([[float(r[f]) for f in names] for r in rows])
 
 
 def build_playlist(
@@ -311,16 +398,38 @@ def build_playlist(
             if found is not None:  # else the estimate was far off: the index plan after all
                 whole, stats["plan"] = TrackSet(found), "set"
 
-    def fetch(t, size, mv, used_ids) -> Pool:
+    # Index plan: every distinct key's k nearest, plus one for each track chosen before its first
+    # position (they are dropped there), in one statement for the whole playlist.
+    prefetched: dict = {}
+    if whole is None and n:
+        firsts: dict = {}  # key -> (target, floor), in playlist order
+        for t, mv in zip(targets, min_valence, strict=True):
+            firsts.setdefault((tuple(np.round(t, 6)), mv), (t, mv))
+        ahead = min(MAX_CANDIDATES, k) + n - 1
+        batch, sent = nearest_batch(
+            conn,
+            list(firsts.values()),
+            ahead,
+            filters,
+            sorted(set(exclude)),
+            settings,
+        )
+        prefetched = dict(zip(firsts, batch, strict=True))
+        stats["queries"] += sent
+
+    def fetch(t, size, mv, used_ids, key=None) -> Pool:
         if whole is not None:
             return whole.nearest(t, size, mv)
-        rows = candidates(conn, t, size, filters, sorted(used_ids), mv, settings=settings)
-        stats["queries"] += 1
-        if len(rows) < size and (where or mv is not None):  # short: the scan gave up, or too few pass
-            rows = candidates(conn, t, size, filters, sorted(used_ids), mv, exact=True)
+        if key in prefetched:
+            pool = lean_pool([r for r in prefetched.pop(key) if r[0] not in used_ids][:size])
+        else:
+            pool = Pool(candidates(conn, t, size, filters, sorted(used_ids), mv, settings=settings))
+            stats["queries"] += 1
+        if len(pool) < size and (where or mv is not None):  # short: the scan gave up, or too few pass
+            pool = Pool(candidates(conn, t, size, filters, sorted(used_ids), mv, exact=True))
             stats["queries"] += 1
             stats["exact_scans"] += 1
-        return Pool(rows)
+        return pool
 
     pools: dict = {}
     picks: list[tuple[dict, float, int]] = []  # (row, distance to its target, position)
@@ -333,7 +442,7 @@ def build_playlist(
         for attempt in range(4):
             size = min(MAX_CANDIDATES, k * 2**attempt)
             if key not in pools or attempt:
-                pools[key] = fetch(t, size, mv, used_ids)
+                pools[key] = fetch(t, size, mv, used_ids, key if not attempt else None)
             pool = pools[key]
             available = [
                 j
@@ -353,7 +462,7 @@ def build_playlist(
         prev_artists = pool.artists[pick]
         picks.append((row, float(np.linalg.norm(vec - t)), i))
         vectors.append(vec)
-    if whole is not None and picks:  # the set's rows hold only what ranking needs
+    if picks:  # candidates hold only what ranking needs
         rows = full_rows(conn, [row for row, _, _ in picks])
         picks = [(rows[row["track_id"]], d, i) for row, d, i in picks if row["track_id"] in rows]
     return [track(row, distance, i) for row, distance, i in picks]
