@@ -35,6 +35,7 @@ QUEUED, DETECTING, CLASSIFYING, RECOMMENDING, DONE, FAILED = (
 )
 STATUSES = (QUEUED, DETECTING, CLASSIFYING, RECOMMENDING, DONE, FAILED)  # in the order a job moves
 FINAL = (DONE, FAILED)
+FINISHED_CHANNEL = "job_finished"  # NOTIFY'd (payload: the job id) when a job turns final (migration 0007)
 UNFINISHED = tuple(s for s in STATUSES if s not in FINAL)
 # As SQL literals, so a query's condition matches the partial indexes (jobs_unfinished, jobs_finished)
 FINAL_SQL = "(" + ", ".join(f"'{s}'" for s in FINAL) + ")"

@@ -33,7 +33,9 @@ async def lifespan(_: FastAPI):
     closed, so its connections end cleanly instead of being cut."""
     yield
     from moodtunes import db
+    from moodtunes_gateway.finished import finished_jobs
 
+    await finished_jobs.stop()  # the long polls' LISTEN connection
     await asyncio.to_thread(db.close_pools)
 
 

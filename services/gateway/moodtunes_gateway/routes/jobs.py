@@ -20,10 +20,11 @@ from enum import Enum
 from typing import Annotated
 
 import psycopg
-from fastapi import APIRouter, Depends, File, Form, Request, Response, Security, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, Security, UploadFile
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from moodtunes import jobs, modes, observability
 from moodtunes.config import get_settings
@@ -32,7 +33,7 @@ from moodtunes.group import DEFAULT_DRIVE
 from moodtunes.images import FORMATS as IMAGE_FORMATS
 from moodtunes.queue import enqueue_fer
 from moodtunes.results import Filters
-from moodtunes_gateway import backends, guards
+from moodtunes_gateway import backends, finished, guards
 from moodtunes_gateway.errors import APIError
 from moodtunes_gateway.identity import Owner, client_ip, current_owner, owner_or_new_session
 from moodtunes_gateway.images import check_image
@@ -258,9 +259,31 @@ def owned_row(fetch, row_id: str, owner: Owner | None, not_found) -> dict:
     name="get_job",
     responses={401: UNAUTHORIZED, 404: {"description": "no such job of yours"}, 503: BUSY},
 )
-def get_job(job_id: str, owner: Annotated[Owner | None, Depends(current_owner)], _key: ApiKey):
-    """The job, to its owner only: to anyone else it does not exist (404, as for an unknown id)."""
-    return job_view(owned_row(jobs.poll, job_id, owner, job_not_found))
+async def get_job(
+    job_id: str,
+    owner: Annotated[Owner | None, Depends(current_owner)],
+    _key: ApiKey,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=finished.MAX_WAIT_S,
+            description="Seconds to wait for the job to finish before answering (long polling): the "
+            "answer comes as soon as it is done or failed, else after this long with its current status. "
+            "0 (the default) answers at once.",
+        ),
+    ] = 0.0,
+):
+    """The job, to its owner only: to anyone else it does not exist (404, as for an unknown id).
+    With `wait`, one request replaces a polling loop."""
+
+    def read() -> dict:
+        return owned_row(jobs.poll, job_id, owner, job_not_found)
+
+    row = await run_in_threadpool(read)
+    if wait > 0 and row["status"] not in jobs.FINAL:
+        row = await finished.finished_jobs.wait(job_id, wait, read)
+    return job_view(row)
 
 
 class FeedbackIn(BaseModel):

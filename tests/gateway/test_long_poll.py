@@ -1,0 +1,64 @@
+"""Long polling (`GET /v1/jobs/{id}?wait=S`): one request answers when the job finishes, woken by
+PostgreSQL's NOTIFY (migration 0007's trigger), not by re-reading the job in a loop."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from moodtunes import jobs
+from moodtunes_gateway import finished
+from tests.gateway.test_jobs_api import assert_error, post
+
+pytestmark = pytest.mark.integration
+
+
+def finish_later(job_id: str, after_s: float, finish) -> dict:
+    """Runs `finish(job_id)` in another thread after `after_s`; the dict gets when it did."""
+    when: dict = {}
+
+    def run():
+        time.sleep(after_s)
+        finish(job_id)
+        when["t"] = time.monotonic()
+
+    threading.Thread(target=run, daemon=True).start()
+    return when
+
+
+def test_a_waiting_request_answers_as_soon_as_its_job_finishes(client, face_jpeg, monkeypatch):
+    monkeypatch.setattr(finished, "RECHECK_S", 30.0)  # only the notification can wake it in time
+    url = post(client, face_jpeg).json()["status_url"]
+    client.get(url, params={"wait": 0.2})  # the listener is up (it starts with the first wait)
+    when = finish_later(url.rsplit("/", 1)[1], 0.8, lambda j: jobs.fail(j, "no_face", "no face found"))
+    t0 = time.monotonic()
+    r = client.get(url, params={"wait": 20})
+    answered = time.monotonic()
+    assert r.status_code == 200 and r.json()["status"] == "failed", r.text
+    assert r.json()["error"]["code"] == "no_face"
+    assert answered - t0 >= 0.7  # it waited for the job ...
+    assert answered - when["t"] < 2.0  # ... and answered when it finished, not at its 20 s
+
+
+def test_a_job_still_running_is_answered_after_the_wait_with_its_current_status(client, face_jpeg):
+    url = post(client, face_jpeg).json()["status_url"]
+    t0 = time.monotonic()
+    r = client.get(url, params={"wait": 0.6})
+    assert r.status_code == 200 and r.json()["status"] == "queued"
+    assert 0.6 <= time.monotonic() - t0 < 5.0
+    jobs.fail(url.rsplit("/", 1)[1], "no_face", "no face found")
+    t0 = time.monotonic()
+    assert client.get(url, params={"wait": 20}).json()["status"] == "failed"  # finished: at once
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_a_wait_outside_its_range_is_refused_and_an_unknown_job_is_not_waited_for(client, face_jpeg):
+    url = post(client, face_jpeg).json()["status_url"]
+    for wait in (-1, finished.MAX_WAIT_S + 1, "soon"):
+        assert_error(client.get(url, params={"wait": wait}), 422, "invalid_request")
+    t0 = time.monotonic()
+    assert_error(client.get(f"/v1/jobs/{uuid.uuid4()}", params={"wait": 20}), 404, "job_not_found")
+    assert time.monotonic() - t0 < 2.0
