@@ -33,6 +33,7 @@ except ImportError:
     pass
 
 TERMINAL = ("done", "failed")
+LONG_POLL_S = 2.0  # each status request waits up to this long for the job to finish (?wait=)
 
 
 def default_url() -> str:
@@ -109,8 +110,11 @@ def submit(
                 )
                 return
             deadline, status = time.monotonic() + timeout, None
-            while time.monotonic() < deadline:
-                r = client.get(job.get("status_url") or f"/v1/jobs/{job['id']}")
+            while (left := deadline - time.monotonic()) > 0:
+                asked = time.monotonic()
+                # a long poll: the gateway answers when the job finishes, else with its status
+                wait_s = round(min(LONG_POLL_S, left), 1)
+                r = client.get(job.get("status_url") or f"/v1/jobs/{job['id']}", params={"wait": wait_s})
                 if r.status_code != 200:
                     fail(f"gateway at {url} answered {r.status_code} for job {job['id']}: {_error_text(r)}")
                 job = r.json()
@@ -119,7 +123,8 @@ def submit(
                     status = job["status"]
                 if job["status"] in TERMINAL:
                     break
-                time.sleep(0.3)
+                if time.monotonic() - asked < 0.2:  # a gateway that did not hold the request
+                    time.sleep(0.3)
     except httpx.TransportError:  # refused, reset, timed out: the gateway is down or went away
         queued = f" (job {job['id']} was queued)" if job.get("id") else ""
         fail(f"gateway not reachable at {url}: run `make up`{queued}")
