@@ -17,13 +17,14 @@ pytestmark = pytest.mark.integration
 
 
 def finish_later(job_id: str, after_s: float, finish) -> dict:
-    """Runs `finish(job_id)` in another thread after `after_s`; the dict gets when it did."""
+    """Runs `finish(job_id)` in another thread after `after_s`; the dict gets when it started
+    (set before: the answer may come before `finish` returns)."""
     when: dict = {}
 
     def run():
         time.sleep(after_s)
-        finish(job_id)
         when["t"] = time.monotonic()
+        finish(job_id)
 
     threading.Thread(target=run, daemon=True).start()
     return when
@@ -62,3 +63,28 @@ def test_a_wait_outside_its_range_is_refused_and_an_unknown_job_is_not_waited_fo
     t0 = time.monotonic()
     assert_error(client.get(f"/v1/jobs/{uuid.uuid4()}", params={"wait": 20}), 404, "job_not_found")
     assert time.monotonic() - t0 < 2.0
+
+
+def test_the_listener_comes_back_after_the_database_drops_its_connection(client, face_jpeg, monkeypatch):
+    """A restarted database (here: the listener's backend terminated while a request waits) must
+    not leave that request asleep until its deadline: the listener reconnects by itself and a later
+    finish still wakes it."""
+    from moodtunes.db import connection
+
+    monkeypatch.setattr(finished, "RECHECK_S", 30.0)
+    url = post(client, face_jpeg).json()["status_url"]
+    answer: dict = {}
+    waiting = threading.Thread(target=lambda: answer.update(r=client.get(url, params={"wait": 20})))
+    waiting.start()
+    time.sleep(1.0)  # the request waits, the listener is up
+    with connection() as conn:
+        gone = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
+            "WHERE query = %s AND pid <> pg_backend_pid()",
+            (f"LISTEN {jobs.FINISHED_CHANNEL}",),
+        ).fetchone()["n"]
+    assert gone == 1
+    when = finish_later(url.rsplit("/", 1)[1], 2.5, lambda j: jobs.fail(j, "no_face", "no face found"))
+    waiting.join(timeout=30)
+    assert answer["r"].json()["status"] == "failed"
+    assert time.monotonic() - when["t"] < 2.0

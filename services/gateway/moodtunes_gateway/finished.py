@@ -42,8 +42,9 @@ class FinishedJobs:
         loop = asyncio.get_running_loop()
         if self._loop is loop and self._task is not None and not self._task.done():
             return
+        if self._loop is not loop:  # a new event loop (an app made again): nothing waits in the old
+            self._waiters = {}
         self._loop, self._ready = loop, asyncio.Event()
-        self._waiters = {}
         self._task = loop.create_task(self._listen(), name="job-finished-listener")
 
     async def _listen(self) -> None:
@@ -59,6 +60,8 @@ class FinishedJobs:
                             event.set()
             except (psycopg.Error, OSError) as exc:
                 log.warning("job-finished listener lost its database connection (%s); reconnecting", exc)
+            except Exception:  # never die quietly: waiters would be woken by their re-reads only
+                log.exception("job-finished listener failed; restarting")
             self._ready.clear()
             self._wake_all()
             await asyncio.sleep(RECONNECT_S)
