@@ -195,7 +195,9 @@ def test_prometheus_scrapes_every_process_and_loads_the_alerts(tmp_path, metrics
         while time.monotonic() < deadline:
             assert prom.alive(), (tmp_path / "run" / "prometheus.log").read_text()[-3000:]
             try:
-                targets = httpx.get(f"{api}/targets", timeout=5).json()["data"]["activeTargets"]
+                answer = httpx.get(f"{api}/targets", timeout=5)
+                # 503 "Service Unavailable" (plain text) until Prometheus is ready
+                targets = answer.json()["data"]["activeTargets"] if answer.status_code == 200 else []
             except httpx.HTTPError:
                 targets = []
             if len(targets) == 6 and all(t["health"] == "up" for t in targets):
