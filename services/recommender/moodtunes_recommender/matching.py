@@ -139,6 +139,18 @@ def iterative_scans() -> dict:
     return {"hnsw__iterative_scan": "relaxed_order", "hnsw__max_scan_tuples": MAX_SCAN_TUPLES}
 
 
+def nearer_partition(target) -> tuple[float, int]:
+    """The target's mode value and the mode partition on its side of 0.5 (searched first)."""
+    mode = float(target[config()["features"].index("mode")])
+    return mode, 1 if mode >= 0.5 else 0
+
+
+def other_partition_may_help(distances: list[float], k: int, mode: float, near: int) -> bool:
+    """Whether the other partition could hold some of the k nearest: the near one came back short
+    of k, or reached as far as the least distance any track of the other has, |mode - its mode|."""
+    return len(distances) < k or max(distances) >= abs(mode - (1 - near)) - GAP_SLACK
+
+
 def _conditions(filters: Filters, exclude, min_valence) -> tuple[list[str], dict]:
     where, params = filter_sql(filters)
     if exclude:
@@ -170,13 +182,11 @@ def candidates(
     scans = iterative_scans() if where else {}
     _set_local(conn, settings, hnsw__ef_search=min(1000, max(EF_SEARCH, k)), **scans)
     # As nearest_sql, but the partition on the target's side of mode 0.5 first, and the other one
-    # only when it could still contribute: when the near one came back short of k, or reached as
-    # far as the least distance any track of the other partition has, |target mode - its mode|.
-    # The same tracks (rarely does a target need both: one near mode 0.5), half the index work.
-    mode = float(target[config()["features"].index("mode")])
-    near = 1 if mode >= 0.5 else 0
+    # only when it could still contribute. The same tracks (rarely does a target need both: one
+    # near mode 0.5), half the index work.
+    mode, near = nearer_partition(target)
     rows = conn.execute(partition_sql(near, where), params).fetchall()
-    if len(rows) < k or max(r["distance"] for r in rows) >= abs(mode - (1 - near)) - GAP_SLACK:
+    if other_partition_may_help([r["distance"] for r in rows], k, mode, near):
         rows += conn.execute(partition_sql(1 - near, where), params).fetchall()
     return sorted(rows, key=lambda r: (r["distance"], r["track_id"]))[:k]
 
@@ -214,9 +224,7 @@ def nearest_batch(
     iterative = bool(where) or any(f is not None for f in floors)
     scans = iterative_scans() if iterative else {}
     _set_local(conn, settings, hnsw__ef_search=min(1000, max(EF_SEARCH, k)), **scans)
-    mode_at = config()["features"].index("mode")
-    modes = [float(t[mode_at]) for t, _ in keys]
-    near = [1 if m >= 0.5 else 0 for m in modes]
+    modes, near = zip(*(nearer_partition(t) for t, _ in keys), strict=True) if keys else ((), ())
     sql, cur = batch_sql(where), conn.cursor(row_factory=tuple_row)
 
     def search(which: list[int], parts: list[int]) -> dict[int, list[tuple]]:
@@ -236,11 +244,9 @@ def nearest_batch(
         return found
 
     everyone = list(range(len(keys)))
-    found = search(everyone, near)
+    found = search(everyone, list(near))
     further = [
-        i
-        for i in everyone
-        if len(found[i]) < k or max(r[-1] for r in found[i]) >= abs(modes[i] - (1 - near[i])) - GAP_SLACK
+        i for i in everyone if other_partition_may_help([r[-1] for r in found[i]], k, modes[i], near[i])
     ]
     if further:
         for i, rows in search(further, [1 - near[i] for i in further]).items():
@@ -273,7 +279,7 @@ def filtered_tracks(conn, where: list[str], params: dict, exclude, limit: int) -
     if exclude:
         where.append("track_id <> ALL(%(exclude)s)")
         params["exclude"] = list(exclude)
-    columns = ", ".join(("track_id", "artists", "song_key", *config()["features"]))
+    columns = ", ".join(lean_columns())
     cur = conn.cursor(row_factory=tuple_row)  # text: the same floats as the dict rows elsewhere
     rows = cur.execute(f"SELECT {columns} FROM tracks WHERE {' AND '.join(where)} LIMIT %(limit)s", params)
     rows = rows.fetchall()
@@ -361,6 +367,11 @@ def feature_matrix(rows: list[dict]) -> np.ndarray:
     return scaled_features([[float(r[f]) for f in names] for r in rows])
 
 
+def pool_key(target, min_valence) -> tuple:
+    """Positions with the same target and valence floor share one candidate pool."""
+    return tuple(np.round(target, 6)), min_valence
+
+
 def build_playlist(
     conn,
     targets: np.ndarray,
@@ -385,7 +396,7 @@ def build_playlist(
     cap = cfg["diversity_cap"]
     n = len(targets)
     min_valence = list(min_valence) if min_valence is not None else [None] * n
-    distinct = {(tuple(np.round(t, 6)), mv) for t, mv in zip(targets, min_valence, strict=True)}
+    distinct = {pool_key(t, mv) for t, mv in zip(targets, min_valence, strict=True)}
     k = max(cfg["min_candidates"], cfg["candidates_per_track"] * (n if len(distinct) == 1 else 3))
     where, params = filter_sql(filters)
     whole: TrackSet | None = None
@@ -404,7 +415,7 @@ def build_playlist(
     if whole is None and n:
         firsts: dict = {}  # key -> (target, floor), in playlist order
         for t, mv in zip(targets, min_valence, strict=True):
-            firsts.setdefault((tuple(np.round(t, 6)), mv), (t, mv))
+            firsts.setdefault(pool_key(t, mv), (t, mv))
         ahead = min(MAX_CANDIDATES, k) + n - 1
         batch, sent = nearest_batch(
             conn,
@@ -437,7 +448,7 @@ def build_playlist(
     used_ids, used_songs = set(exclude), set()
     prev_artists: frozenset[str] = frozenset()
     for i, (t, mv) in enumerate(zip(targets, min_valence, strict=True)):
-        key = (tuple(np.round(t, 6)), mv)
+        key = pool_key(t, mv)
         pick = None
         for attempt in range(4):
             size = min(MAX_CANDIDATES, k * 2**attempt)
