@@ -9,7 +9,10 @@ server, and the whole event-driven pipeline (HTTP -> queue -> FER worker -> even
     THREADS threads (throughput);
 (b) the bare model server: gRPC Predict of one face;
 (c) the pipeline: POST the photo, poll until done, closed loop at each concurrency; throughput,
-    client p50/p95/p99, errors; per-stage times from the job's own timestamps.
+    client p50/p95/p99, errors; per-stage times from the job's own timestamps; and, on a stack it
+    started itself, the CPU time each program (gateway, workers, model server, PostgreSQL, Redis,
+    ...) spent per job at each level, read from /proc: the basis of deploy/README.md's capacity
+    table.
 Writes reports/bench_pipeline.json and .png; the last printed line is one JSON object with
 `throughput_ratio` (pipeline / floor throughput at the highest concurrency) and `overhead_ms`
 (median single job time minus the single-threaded floor).
@@ -209,7 +212,32 @@ def one_job(client, url: str, photo: bytes) -> dict:
     return {"ok": True, "ms": elapsed, "stages": stages}
 
 
-def measure_pipeline(url: str, photo: bytes, levels) -> list[dict]:
+def cpu_seconds(supervisor) -> dict[str, float]:
+    """CPU time (user + system) so far of each supervised program group: its processes, all their
+    descendants (Celery's pool, PostgreSQL's backends), and the descendants they already reaped."""
+    import psutil
+
+    out: dict[str, float] = {}
+    for info in supervisor.processes():
+        if not info["pid"]:
+            continue
+        try:
+            root = psutil.Process(info["pid"])
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        total = 0.0
+        for proc in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = proc.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+        out[info["group"]] = out.get(info["group"], 0.0) + total
+    return out
+
+
+def measure_pipeline(url: str, photo: bytes, levels, cpu_probe=None) -> list[dict]:
+    """`cpu_probe` (optional): a callable giving CPU seconds by program, read before and after
+    each level's timed jobs."""
     import httpx
 
     results = []
@@ -218,10 +246,12 @@ def measure_pipeline(url: str, photo: bytes, levels) -> list[dict]:
         n = max(JOBS_PER_LEVEL, 4 * c)
         for cl in clients:  # warm each client's connection and identity
             one_job(cl, url, photo)
+        cpu_before = cpu_probe() if cpu_probe else None
         t0 = time.perf_counter()
         with ThreadPoolExecutor(c) as pool:
             jobs = list(pool.map(lambda i, cs=clients: one_job(cs[i % len(cs)], url, photo), range(n)))
         dt = time.perf_counter() - t0
+        cpu_after = cpu_probe() if cpu_probe else None
         for cl in clients:
             cl.close()
         ok = [j for j in jobs if j["ok"]]
@@ -243,6 +273,13 @@ def measure_pipeline(url: str, photo: bytes, levels) -> list[dict]:
                 },
             }
         )
+        if cpu_before is not None:
+            per_job = {
+                name: round((cpu_after[name] - cpu_before.get(name, 0.0)) * 1000 / n, 1)
+                for name in sorted(cpu_after)
+            }
+            results[-1]["cpu_ms_per_job"] = per_job
+            print(f"  CPU ms per job by program: {per_job}", flush=True)
         r = results[-1]
         print(
             f"  concurrency {c:>2}: {r['jobs_per_s']:6.2f} jobs/s  p50 {r['p50_ms']:7.1f} ms"
@@ -287,6 +324,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
     photo = astronaut_jpeg()
+    cpu_probe = None
     with contextlib.ExitStack() as cleanup:
         if args.url:
             url, model_server, database_url = args.url, args.model_server, args.database_url
@@ -298,7 +336,9 @@ def main() -> None:
             print("starting a stack in a temporary directory ...", flush=True)
             stack = cleanup.enter_context(temp_stack(fer_workers=args.fer_workers, env=LOAD_TEST_ENV))
             url, model_server, database_url = stack.url, stack.model_server, stack.database_url
-        report = run_all(url, model_server, database_url, photo, args.concurrency)
+            supervisor = stack.supervisor()
+            cpu_probe = lambda: cpu_seconds(supervisor)  # noqa: E731
+        report = run_all(url, model_server, database_url, photo, args.concurrency, cpu_probe)
         report["fer_workers"] = args.fer_workers if not args.url else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
@@ -306,7 +346,7 @@ def main() -> None:
     print(json.dumps({k: report[k] for k in ("throughput_ratio", "overhead_ms")} | {"out": str(args.out)}))
 
 
-def run_all(url: str, model_server: str, database_url: str, photo: bytes, levels) -> dict:
+def run_all(url: str, model_server: str, database_url: str, photo: bytes, levels, cpu_probe=None) -> dict:
     print(f"floor ({FLOOR_JOBS} jobs, astronaut 512x512) ...", flush=True)
     floor = measure_floor(Floor(model_server, database_url), photo)
     print(f"  single thread: {floor['single_thread_ms']}")
@@ -315,7 +355,7 @@ def run_all(url: str, model_server: str, database_url: str, photo: bytes, levels
     bare = measure_model_server(model_server)
     print(f"  p50 {bare['p50_ms']} ms  p99 {bare['p99_ms']} ms")
     print("pipeline ...", flush=True)
-    pipe = measure_pipeline(url, photo, levels)
+    pipe = measure_pipeline(url, photo, levels, cpu_probe)
     single = next(r for r in pipe if r["concurrency"] == min(levels))
     top = next(r for r in pipe if r["concurrency"] == max(levels))
     return {

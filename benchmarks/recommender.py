@@ -101,7 +101,7 @@ def synthesise(real: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.n
     return out, idx
 
 
-def build_catalogue(conn, n: int, rng) -> tuple[np.ndarray, float, float]:
+def build_catalogue(conn, n: int, rng, maintenance_work_mem: str = "2GB") -> tuple[np.ndarray, float, float]:
     feats, rows = real_features(get_settings().catalogue_path)
     extra = max(0, n - len(feats))
     source = np.arange(min(n, len(feats)))
@@ -146,7 +146,7 @@ def build_catalogue(conn, n: int, rng) -> tuple[np.ndarray, float, float]:
     conn.commit()
     conn.execute("SET max_parallel_maintenance_workers = 2")
     t0 = time.perf_counter()
-    catalogue.create_vector_indexes(conn, "2GB")
+    catalogue.create_vector_indexes(conn, maintenance_work_mem)
     catalogue.create_filter_indexes(conn)
     conn.commit()
     index_s = time.perf_counter() - t0
@@ -257,6 +257,21 @@ def existing_catalogue(conn, n: int, features: bool = True) -> np.ndarray | None
     return np.array([json.loads(r[0]) for r in rows], dtype=np.float32)
 
 
+def storage(conn) -> dict:
+    """What the catalogue occupies on disk (MiB): the table with its TOAST, and each index; the
+    HNSW graphs are what must stay in shared buffers / the page cache for fast matching."""
+    mib = 1024 * 1024
+    rows = conn.execute(
+        "SELECT indexname, pg_relation_size(indexname::regclass) FROM pg_indexes WHERE tablename = 'tracks'"
+    ).fetchall()
+    table = conn.execute("SELECT pg_table_size('tracks')").fetchone()[0]
+    return {
+        "table_mib": round(table / mib, 1),
+        "indexes_mib": {name: round(size / mib, 1) for name, size in sorted(rows)},
+        "hnsw_mib": round(sum(size for name, size in rows if name in catalogue.VECTOR_INDEXES) / mib, 1),
+    }
+
+
 def time_matching(conn, feats, targets, report: dict) -> None:
     sql = nearest_sql([])  # the recommender's own match query
     exact, exact_lat = timed_queries(conn, targets, sql, ["SET LOCAL enable_indexscan = off"])
@@ -308,6 +323,15 @@ def main() -> None:
     p.add_argument("--database-url")
     p.add_argument("--out", type=Path)
     p.add_argument(
+        "--pgdata",
+        type=Path,
+        default=REPO_ROOT / ".var" / "bench-postgres",
+        help="the embedded PostgreSQL's data folder (a separate one keeps a 10M catalogue beside the 1M one)",
+    )
+    p.add_argument(
+        "--maintenance-work-mem", default="2GB", help="for the HNSW build: the graph should fit in it"
+    )
+    p.add_argument(
         "--matching", action=argparse.BooleanOptionalAction, default=True, help="time single match queries"
     )
     p.add_argument(
@@ -330,7 +354,7 @@ def main() -> None:
     if not url:
         from moodtunes_cli.localstack import Postgres, free_port
 
-        pg = Postgres(REPO_ROOT / ".var" / "bench-postgres", free_port()).start()
+        pg = Postgres(a.pgdata, free_port()).start()
         url = pg.url
     from moodtunes import migrations
 
@@ -340,7 +364,7 @@ def main() -> None:
             feats = existing_catalogue(conn, a.tracks, a.matching) if a.reuse_catalogue else None
             conn.commit()
             if feats is None:
-                feats, load_s, index_s = build_catalogue(conn, a.tracks, rng)
+                feats, load_s, index_s = build_catalogue(conn, a.tracks, rng, a.maintenance_work_mem)
                 reused = False
             else:
                 real = real_features(get_settings().catalogue_path)[0]
@@ -354,12 +378,17 @@ def main() -> None:
                 "results": {},
             }
             if not reused:
-                report.update(load_seconds=round(load_s, 1), index_build_seconds=round(index_s, 1))
+                report.update(
+                    load_seconds=round(load_s, 1),
+                    index_build_seconds=round(index_s, 1),
+                    maintenance_work_mem=a.maintenance_work_mem,
+                )
             elif out.exists():  # what this run does not measure stays as the last full run found it
                 old = json.loads(out.read_text())
                 if old.get("tracks") == report["tracks"]:
                     report = {**old, **{k: v for k, v in report.items() if k != "results"}}
                     report["results"] = old.get("results", {})
+            report["storage"] = storage(conn)
             if a.matching:
                 targets = rng.dirichlet(np.ones(5), a.queries) @ MATCH
                 time_matching(conn, feats, targets, report)
@@ -382,6 +411,7 @@ def main() -> None:
         f"\n{report['tracks']:,} tracks; load {report.get('load_seconds')} s; "
         f"HNSW index build {report.get('index_build_seconds')} s; {a.queries} match queries, k={K}"
     )
+    print(f"storage (MiB): {report['storage']}")
     print(f"{'method':28} {'p50 ms':>8} {'p99 ms':>8} {'recall@10':>10}")
     for name, r in report["results"].items():
         print(f"{name:28} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r.get('recall_at_10', float('nan')):10.4f}")
@@ -389,6 +419,9 @@ def main() -> None:
         "tracks": report["tracks"],
         "hnsw_ef100_p50_ms": report["results"].get("hnsw_ef100", {}).get("p50_ms"),
         "hnsw_ef100_p99_ms": report["results"].get("hnsw_ef100", {}).get("p99_ms"),
+        "hnsw_ef100_recall_at_10": report["results"].get("hnsw_ef100", {}).get("recall_at_10"),
+        "index_build_seconds": report.get("index_build_seconds"),
+        "hnsw_mib": report["storage"]["hnsw_mib"],
     }
     if "playlists" in report:
         cases = report["playlists"]["cases"]

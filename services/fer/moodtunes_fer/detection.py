@@ -15,8 +15,8 @@ import numpy as np
 
 from moodtunes.images import ImageError, decode
 
-SCALE_FACTOR = 1.1
-MIN_NEIGHBORS = 5
+SCALE_FACTOR = 1.1  # Haar pyramid step: the cost falls as 1 / (1 - 1 / SCALE_FACTOR**2)
+MIN_NEIGHBORS = 5  # overlapping hits a box needs; a coarser pyramid gives each face fewer
 MAX_FACES = 10
 DETECT_MAX_SIDE = 1024  # detect on a downscaled copy: Haar cost grows with pixels, faces don't need them
 CROP_PAD = 0.5  # a tight crop gets this much border so the cascade sees a whole head
@@ -31,6 +31,15 @@ MIN_FACE_STD = 8.0  # grey-level spread below which a region is flat, not a face
 
 
 ImageDecodeError = ImageError  # the shared decoder's error (its `code` names the reason)
+
+
+@dataclass(frozen=True)
+class Pyramid:
+    """How finely the first cascade searches (benchmarks/face_detection.py sweeps these: speed
+    against faces found, by face size)."""
+
+    scale_factor: float = SCALE_FACTOR
+    min_neighbors: int = MIN_NEIGHBORS
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,7 @@ def confirmed(equalized: np.ndarray, box: Box) -> bool:
     return len(found) > 0
 
 
-def _detect(grey: np.ndarray, min_face_px: int) -> list[Box]:
+def _detect(grey: np.ndarray, min_face_px: int, pyramid: Pyramid) -> list[Box]:
     """Candidate boxes that pass both the score threshold and the second cascade."""
     scale = min(1.0, DETECT_MAX_SIDE / max(grey.shape))
     small = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else grey
@@ -91,8 +100,8 @@ def _detect(grey: np.ndarray, min_face_px: int) -> list[Box]:
     min_size = max(12, int(min_face_px * scale))
     found, _, weights = cascade().detectMultiScale3(
         small,
-        scaleFactor=SCALE_FACTOR,
-        minNeighbors=MIN_NEIGHBORS,
+        scaleFactor=pyramid.scale_factor,
+        minNeighbors=pyramid.min_neighbors,
         minSize=(min_size, min_size),
         outputRejectLevels=True,
     )
@@ -104,18 +113,18 @@ def _detect(grey: np.ndarray, min_face_px: int) -> list[Box]:
     return boxes
 
 
-def detect_faces(grey: np.ndarray, min_face_px: int = 24) -> list[Box]:
+def detect_faces(grey: np.ndarray, min_face_px: int = 24, pyramid: Pyramid = Pyramid()) -> list[Box]:
     """Confirmed faces, largest first. A small image with none (a tight face crop, such as a
     dataset image) is padded and searched again: the cascade needs context around a face. An
     image in which no face is confirmed gives no box: nothing is taken as a face unchecked."""
-    boxes = _detect(grey, min_face_px)
+    boxes = _detect(grey, min_face_px, pyramid)
     h, w = grey.shape
     if not boxes and max(h, w) <= TIGHT_CROP_MAX_SIDE:
         pad = int(CROP_PAD * max(h, w))
         padded = cv2.copyMakeBorder(grey, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
         factor = max(1.0, 192 / padded.shape[0])
         padded = cv2.resize(padded, None, fx=factor, fy=factor, interpolation=cv2.INTER_LINEAR)
-        for b in _detect(padded, 24):
+        for b in _detect(padded, 24, pyramid):
             x0, y0 = max(0, int(b.x / factor) - pad), max(0, int(b.y / factor) - pad)
             x1 = min(w, int((b.x + b.width) / factor) - pad)
             y1 = min(h, int((b.y + b.height) / factor) - pad)
