@@ -321,6 +321,12 @@ def main() -> None:
     p.add_argument("--database-url", help="that stack's database (read-only queries)")
     p.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     p.add_argument("--fer-workers", type=int, default=1, help="FER worker processes of the started stack")
+    p.add_argument(
+        "--batching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the started stack's model server batches requests (MOODTUNES_MODEL_SERVER_BATCHING)",
+    )
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
     photo = astronaut_jpeg()
@@ -334,12 +340,14 @@ def main() -> None:
             from _stack import temp_stack
 
             print("starting a stack in a temporary directory ...", flush=True)
-            stack = cleanup.enter_context(temp_stack(fer_workers=args.fer_workers, env=LOAD_TEST_ENV))
+            env = {**LOAD_TEST_ENV, "MOODTUNES_MODEL_SERVER_BATCHING": str(args.batching).lower()}
+            stack = cleanup.enter_context(temp_stack(fer_workers=args.fer_workers, env=env))
             url, model_server, database_url = stack.url, stack.model_server, stack.database_url
             supervisor = stack.supervisor()
             cpu_probe = lambda: cpu_seconds(supervisor)  # noqa: E731
         report = run_all(url, model_server, database_url, photo, args.concurrency, cpu_probe)
         report["fer_workers"] = args.fer_workers if not args.url else None
+        report["model_server_batching"] = args.batching if not args.url else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     chart(report, args.out.with_suffix(".png"))

@@ -295,3 +295,34 @@ def test_generated_passwords_are_private_and_kept(servers_root):
         psycopg.connect(pg.owner_url, connect_timeout=3).close()
     finally:
         pg.stop()
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_model_server_batching_is_on_unless_the_setting_turns_it_off(tmp_path, monkeypatch):
+    """MOODTUNES_MODEL_SERVER_BATCHING=false starts the model server without server-side batching
+    (benchmarks/pipeline.py --no-batching compares the two)."""
+
+    def model_server_argv(**kw) -> list[str]:
+        procs = localstack.service_processes(Path("/x"), {}, **kw)
+        return next(p.argv for p in procs if p.name == "model-server")
+
+    on, off = model_server_argv(), model_server_argv(batching=False)
+    assert "--enable_batching" in on
+    assert f"--batching_parameters_file={localstack.REPO_ROOT / 'deploy/tfserving/batching.config'}" in on
+    assert [a for a in off if "batching" in a] == []
+
+    passed = {}
+
+    def capture(*args, **kw):
+        passed.update(kw)
+        raise _Stop  # before anything starts
+
+    monkeypatch.setattr(localstack, "service_processes", capture)
+    for value, expected in (("false", False), ("true", True)):
+        monkeypatch.setenv("MOODTUNES_MODEL_SERVER_BATCHING", value)
+        with pytest.raises(_Stop):
+            localstack.up(tmp_path / "var")
+        assert passed["batching"] is expected

@@ -76,6 +76,7 @@ class StackSettings(BaseSettings):
     redis_port: int = Field(REDIS_PORT, ge=1, le=65535)  # embedded Redis, unless REDIS_URL is set
     fer_workers: int = Field(1, ge=1, le=32)  # FER worker processes (Celery nodes fer-1@, fer-2@, ...)
     recommender_workers: int = Field(1, ge=1, le=32)  # recommender worker processes
+    model_server_batching: bool = True  # server-side batching (deploy/tfserving/batching.config)
     # Prometheus metrics of each process; a worker's is its first copy's, copy n takes port + n - 1
     model_server_metrics_port: int = Field(8501, ge=1, le=65535)  # TF Serving's REST port number
     reconciler_metrics_port: int = Field(9101, ge=1, le=65535)
@@ -566,6 +567,7 @@ def service_processes(
     fer_workers: int = 1,
     recommender_workers: int = 1,
     metrics_ports: dict[str, int] | None = None,
+    batching: bool = True,
 ) -> list[Process]:
     """The application processes, in start order (the same commands as docker-compose.yml).
 
@@ -579,9 +581,13 @@ def service_processes(
     model_name = env.get("MODEL_NAME", "fer_vgg16")
     model_server = [
         *(py, "-m", "moodtunes_model_server", f"--port={model_port}", f"--bind_address={HOST}"),
-        *(f"--model_name={model_name}", f"--model_base_path={models_dir / model_name}", "--enable_batching"),
-        f"--batching_parameters_file={REPO_ROOT / 'deploy/tfserving/batching.config'}",
+        *(f"--model_name={model_name}", f"--model_base_path={models_dir / model_name}"),
     ]
+    if batching:
+        model_server += [
+            "--enable_batching",
+            f"--batching_parameters_file={REPO_ROOT / 'deploy/tfserving/batching.config'}",
+        ]
     if "model-server" in metrics_ports:  # TF Serving's flags: metrics on the REST port
         model_server += [
             f"--rest_api_port={metrics_ports['model-server']}",
@@ -839,6 +845,7 @@ def up(var: Path = VAR) -> None:
         fer_workers=settings.fer_workers,
         recommender_workers=settings.recommender_workers,
         metrics_ports={name: getattr(settings, key) for name, key in METRICS_SETTINGS.items()},
+        batching=settings.model_server_batching,
     )
     monitors = monitor_processes(var, settings)
     # only what this run would start: programs already running keep their ports
