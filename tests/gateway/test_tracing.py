@@ -92,6 +92,10 @@ def workers(model_server, clean_jobs, redis_server, monkeypatch):
     level, handlers = root.level, list(root.handlers)
     s = get_settings()
     options = {"pool": "solo", "perform_ping_check": False, "loglevel": "WARNING", "shutdown_timeout": 30}
+    # Two workers in one process: without kombu's event loop, whose hub is process-global, neither
+    # can use or close the other's poller (a worker once died here on "I/O operation on closed
+    # epoll object" and the job stalled at `recommending`). They poll Redis directly instead.
+    options["use_eventloop"] = False
     for app in (fer.app, recommender.app):  # made when first imported, maybe before the suite's Redis ran
         monkeypatch.setitem(app.conf, "broker_url", redis_server.url)
     with (
