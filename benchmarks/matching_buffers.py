@@ -1,0 +1,76 @@
+"""10M matching with large shared_buffers and the HNSW graphs prewarmed (a one-off check; the
+embedded server is started with its shared_buffers option replaced). Needs the catalogue that
+`benchmarks/recommender.py --tracks 10000000 --pgdata .var/bench-postgres-10m` built.
+
+    python benchmarks/matching_buffers.py 6GB
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psycopg
+
+from moodtunes_cli.localstack import Postgres, free_port
+from moodtunes_recommender.matching import nearest_sql
+
+SB = sys.argv[1] if len(sys.argv) > 1 else "6GB"
+orig = Postgres.process
+
+
+def process(self):
+    p = orig(self)
+    p.argv = [a.replace("shared_buffers=256MB", f"shared_buffers={SB}") for a in p.argv]
+    return p
+
+
+Postgres.process = process
+pg = Postgres(Path("/work/main/.var/bench-postgres-10m"), free_port()).start()
+out = {}
+try:
+    with psycopg.connect(pg.url, autocommit=True) as c:
+        print(c.execute("SHOW shared_buffers").fetchone())
+        t0 = time.perf_counter()
+        try:
+            c.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+            for ix in ("tracks_features_hnsw_minor", "tracks_features_hnsw_major"):
+                print(ix, c.execute("SELECT pg_prewarm(%s)", (ix,)).fetchone())
+            out["prewarm"] = "pg_prewarm"
+        except psycopg.Error as e:
+            print("no pg_prewarm:", e)
+            out["prewarm"] = "none"
+        out["prewarm_s"] = round(time.perf_counter() - t0, 1)
+    MATCH = np.array(
+        [
+            [0.55, 0.50, 0.50, 0.40, 0.50],
+            [0.90, 0.80, 0.95, 0.50, 0.95],
+            [0.20, 0.20, 0.05, 0.15, 0.05],
+            [0.20, 0.30, 0.75, 0.20, 0.60],
+            [0.30, 0.95, 0.20, 0.75, 0.40],
+        ]
+    )
+    targets = np.random.default_rng(3).dirichlet(np.ones(5), 300) @ MATCH
+    sql = nearest_sql([])
+    with psycopg.connect(pg.url) as c:
+        for ef in (40, 100):
+            lat = []
+            with c.transaction():
+                c.execute(f"SET LOCAL hnsw.ef_search = {ef}")
+                for i, t in enumerate(targets):
+                    lit = "[" + ",".join(f"{v:.6f}" for v in t) + "]"
+                    t0 = time.perf_counter()
+                    c.execute(sql, {"t": lit, "k": 10}, prepare=True).fetchall()
+                    if i >= 100:
+                        lat.append((time.perf_counter() - t0) * 1000)  # first 100: warm-up
+            out[f"ef{ef}"] = {
+                "p50_ms": round(float(np.percentile(lat, 50)), 2),
+                "p99_ms": round(float(np.percentile(lat, 99)), 2),
+                "queries": len(lat),
+            }
+            print(ef, out[f"ef{ef}"], flush=True)
+finally:
+    pg.stop()
+out["shared_buffers"] = SB
+print(json.dumps(out))
