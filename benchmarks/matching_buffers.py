@@ -42,15 +42,8 @@ try:
             print("no pg_prewarm:", e)
             out["prewarm"] = "none"
         out["prewarm_s"] = round(time.perf_counter() - t0, 1)
-    MATCH = np.array(
-        [
-            [0.55, 0.50, 0.50, 0.40, 0.50],
-            [0.90, 0.80, 0.95, 0.50, 0.95],
-            [0.20, 0.20, 0.05, 0.15, 0.05],
-            [0.20, 0.30, 0.75, 0.20, 0.60],
-            [0.30, 0.95, 0.20, 0.75, 0.40],
-        ]
-    )
+    from recommender import MATCH  # benchmarks/recommender.py's emotion -> features mapping
+
     targets = np.random.default_rng(3).dirichlet(np.ones(5), 300) @ MATCH
     sql = nearest_sql([])
     with psycopg.connect(pg.url) as c:

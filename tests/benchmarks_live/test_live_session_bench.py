@@ -2,24 +2,17 @@
 counters, and its offered-rate loop against a fake session (no stack)."""
 
 import io
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-SCRIPT = Path(__file__).parents[2] / "benchmarks" / "live_session.py"
+from tests.benchmarks_live import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import live_session
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return live_session
+    return import_benchmark("live_session")
 
 
 def test_the_webcam_frame_is_a_640x480_jpeg_with_one_face(bench):

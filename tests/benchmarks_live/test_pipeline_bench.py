@@ -4,11 +4,11 @@ the group's processes and all their descendants (Celery's pool children, Postgre
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parents[2] / "benchmarks" / "pipeline.py"
+from tests.benchmarks_live import import_benchmark
+
 BURN_S = 0.6
 # a parent that idles while its child burns CPU, as a Celery worker's main process idles while
 # its pool child runs the task
@@ -20,12 +20,7 @@ PARENT += "time.sleep(60)"
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import pipeline
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return pipeline
+    return import_benchmark("pipeline")
 
 
 class FakeSupervisor:
