@@ -1,5 +1,5 @@
-"""10M matching with large shared_buffers and the HNSW graphs prewarmed (a one-off check; the
-embedded server is started with its shared_buffers option replaced). Needs the catalogue that
+"""10M matching with large shared_buffers and the HNSW graphs prewarmed (a one-off check; `make up`
+gives its embedded server the same with MOODTUNES_POSTGRES_SHARED_BUFFERS=6GB). Needs the catalogue that
 `benchmarks/recommender.py --tracks 10000000 --pgdata .var/bench-postgres-10m` built.
 
     python benchmarks/matching_buffers.py 6GB
@@ -17,17 +17,7 @@ from moodtunes_cli.localstack import Postgres, free_port
 from moodtunes_recommender.matching import nearest_sql
 
 SB = sys.argv[1] if len(sys.argv) > 1 else "6GB"
-orig = Postgres.process
-
-
-def process(self):
-    p = orig(self)
-    p.argv = [a.replace("shared_buffers=256MB", f"shared_buffers={SB}") for a in p.argv]
-    return p
-
-
-Postgres.process = process
-pg = Postgres(Path("/work/main/.var/bench-postgres-10m"), free_port()).start()
+pg = Postgres(Path(__file__).resolve().parents[1] / ".var" / "bench-postgres-10m", free_port(), SB).start()
 out = {}
 try:
     with psycopg.connect(pg.url, autocommit=True) as c:

@@ -326,3 +326,32 @@ def test_model_server_batching_is_on_unless_the_setting_turns_it_off(tmp_path, m
         with pytest.raises(_Stop):
             localstack.up(tmp_path / "var")
         assert passed["batching"] is expected
+
+
+def test_the_embedded_postgres_takes_its_shared_buffers_from_the_setting(tmp_path, monkeypatch):
+    """MOODTUNES_POSTGRES_SHARED_BUFFERS sizes the embedded server's page cache (a 10M-track
+    catalogue's graphs need ~3.1 GB of it); a value PostgreSQL would refuse is a StackError naming
+    the setting, before anything starts."""
+    argvs: list[list[str]] = []
+    real_process = localstack.Postgres.process
+
+    def recorded(self):
+        process = real_process(self)
+        argvs.append(process.argv)
+        return process
+
+    def stop(*args, **kwargs):
+        raise _Stop  # before anything starts
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setattr(localstack.Postgres, "process", recorded)
+    monkeypatch.setattr(localstack, "service_processes", stop)
+    for value, expected in ((None, "256MB"), ("6GB", "6GB")):
+        if value:
+            monkeypatch.setenv("MOODTUNES_POSTGRES_SHARED_BUFFERS", value)
+        with pytest.raises(_Stop):
+            localstack.up(tmp_path / "var")
+        assert f"shared_buffers={expected}" in argvs[-1]
+    monkeypatch.setenv("MOODTUNES_POSTGRES_SHARED_BUFFERS", "lots")
+    with pytest.raises(localstack.StackError, match="MOODTUNES_POSTGRES_SHARED_BUFFERS"):
+        localstack.up(tmp_path / "var")

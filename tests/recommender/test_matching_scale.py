@@ -1,14 +1,18 @@
 """How playlists find their candidates (what keeps them fast at a million tracks), on the real
 PostgreSQL with the catalogue sample: narrow filters are served from the whole filtered set, never by
-the exact-scan fallback; the set plan ranks like an exact scan; searching the target's nearer mode
-partition first gives the same tracks as searching both; the exact scan is exact whatever plan a
-prepared statement cached. Timings: benchmarks/recommender.py."""
+the exact-scan fallback; broader ones from the filtered GiST, exactly; the set plan ranks like an
+exact scan; searching the target's nearer mode partition first gives the same tracks as searching
+both; the exact scan is exact whatever plan a prepared statement cached. Timings:
+benchmarks/recommender.py."""
 
 import numpy as np
+import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from moodtunes.db import connection
 from moodtunes_recommender import mapping, matching
+from moodtunes_recommender.catalogue import FILTERED_INDEXES
 from moodtunes_recommender.matching import Filters
 
 pytestmark = pytest.mark.integration
@@ -66,7 +70,77 @@ def test_narrow_filter_playlists_never_fall_back_to_the_exact_scan(database, exa
             assert all(t.features["valence"] >= 0.6 for t in tracks[-3:])
 
 
-def test_a_broad_filter_uses_the_index_and_needs_no_exact_scan(database, exact_calls):
+BROAD = {
+    "clean": Filters(exclude_explicit=True),
+    "popular": Filters(min_popularity=40),  # 1,222 of 3,000
+    "decades": Filters(year_min=1990, year_max=2019, exclude_explicit=True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROAD))
+def test_a_broad_filter_is_served_exactly_by_the_filtered_gist(database, exact_calls, case):
+    """One statement for the whole playlist, no exact scan, and the tracks an exact search would
+    choose (diversity 0: each position's nearest passing track under the playlist rules)."""
+    for probs in PROBS:
+        target = mapping.target(probs, "match")
+        stats: dict = {}
+        with connection() as conn:
+            tracks = matching.build_playlist(
+                conn, np.repeat(target[None, :], 8, axis=0), BROAD[case], diversity=0.0, stats=stats
+            )
+        # one statement, and a second for targets whose other mode partition may hold some nearest
+        assert stats["plan"] == "gist" and stats["queries"] <= 2 and stats["exact_scans"] == 0
+        assert exact_calls == []
+        assert [t.track_id for t in tracks] == brute_force_nearest_playlist(target, BROAD[case], 8)
+
+
+def test_one_genre_is_checked_in_the_filtered_gist_and_still_ranks_exactly(
+    database, exact_calls, monkeypatch
+):
+    """A single genre is the form the GiST's trigrams can check; with the whole-set plan ruled out
+    (a catalogue where the genre is common), the GiST serves it, exactly."""
+    monkeypatch.setattr(matching, "SET_ROWS", 0)
+    filters = Filters(genres=["rock"], year_min=1960)
+    assert matching.filter_sql(filters)[0][-1] == "genre ILIKE %(genre)s"
+    for probs in PROBS:
+        target = mapping.target(probs, "match")
+        stats: dict = {}
+        with connection() as conn:
+            tracks = matching.build_playlist(
+                conn, np.repeat(target[None, :], 8, axis=0), filters, diversity=0.0, stats=stats
+            )
+        assert stats["plan"] == "gist" and stats["exact_scans"] == 0 and exact_calls == []
+        assert [t.track_id for t in tracks] == brute_force_nearest_playlist(target, filters, 8)
+
+
+def test_the_filtered_gist_finds_what_an_exact_scan_finds_for_every_target_and_floor(database):
+    """An uplift trajectory's targets (valence floors on the last positions, both sides of mode
+    0.5), with filters the index checks (years, popularity) and ones it leaves to the heap
+    (explicit, exclusions): the same tracks, in the same order, as the exact scan."""
+    targets = mapping.targets(PROBS[0], "uplift", 10)
+    keys = list(zip(targets, mapping.min_valence("uplift", 10), strict=True))
+    keys.append((np.array([0.6, 0.6, 0.5, 0.5, 0.5]), None))  # on the partition boundary
+    for filters, k in (
+        (Filters(year_min=1980, min_popularity=30, exclude_explicit=True), 60),
+        (Filters(), 40),
+    ):
+        with connection() as conn:
+            exclude = [
+                r["track_id"] for r in matching.candidates(conn, targets[0], 3, filters, [], exact=True)
+            ]
+            batch, sent = matching.nearest_batch(conn, keys, k, filters, exclude, filtered_index=True)
+            assert sent == 2  # the boundary target needs its other partition too
+            for (t, mv), rows in zip(keys, batch, strict=True):
+                exact = matching.candidates(conn, t, k, filters, exclude, mv, exact=True)
+                assert [r[0] for r in rows] == [r["track_id"] for r in exact]
+                assert [r[-1] for r in rows] == pytest.approx([r["distance"] for r in exact], abs=1e-6)
+                assert len(rows) == k
+
+
+def test_without_the_filtered_gist_a_broad_filter_walks_the_hnsw_graphs(database, exact_calls, monkeypatch):
+    """A database whose load could not make the GiST (no cube extension) still serves filters."""
+    size = matching.catalogue_size
+    monkeypatch.setattr(matching, "catalogue_size", lambda conn: (size(conn)[0], False))
     stats: dict = {}
     with connection() as conn:
         tracks = matching.build_playlist(
@@ -80,9 +154,11 @@ def test_an_index_query_that_comes_back_short_falls_back_to_the_exact_scan(
     database, exact_calls, monkeypatch
 ):
     """The fallback still guards correctness where the plan choice is overruled (here: never the
-    whole set): the index query for 100 candidates finds only the 71 rock tracks there are, and
-    only an exact scan can tell that those are all."""
+    whole set, no filtered GiST): the HNSW query for 100 candidates finds only the 71 rock tracks
+    there are, and only an exact scan can tell that those are all."""
     monkeypatch.setattr(matching, "SET_ROWS", 0)
+    size = matching.catalogue_size
+    monkeypatch.setattr(matching, "catalogue_size", lambda conn: (size(conn)[0], False))
     stats: dict = {}
     with connection() as conn:
         tracks = matching.build_playlist(
@@ -158,7 +234,7 @@ def test_one_statement_finds_every_targets_candidates_as_one_query_each_would(da
                 assert len(rows) == k and not set(exclude) & {r[0] for r in rows}
 
 
-def test_the_exact_scan_stays_exact_once_its_statement_is_prepared(database, monkeypatch):
+def test_the_exact_scan_stays_exact_once_its_statement_is_prepared(database, postgres, monkeypatch):
     """psycopg prepares a statement on its fifth run and PostgreSQL may then reuse a generic plan,
     planned under whatever settings were in force: the exact scan must not rely on settings (it
     did: with `enable_indexscan = off`, the cached plan of the index query returned the index's
@@ -166,15 +242,18 @@ def test_the_exact_scan_stays_exact_once_its_statement_is_prepared(database, mon
     monkeypatch.setattr(matching, "MAX_SCAN_TUPLES", 20)  # index queries come back short
     filters = Filters(genres=["rock"])
     target = mapping.target(PROBS[0], "match")
-    with connection() as conn:
+    with psycopg.connect(postgres.owner_url, row_factory=dict_row) as conn:
         conn.execute("SET LOCAL enable_bitmapscan = off")  # no trigram-index plan: the HNSW one
         conn.execute("SET LOCAL enable_seqscan = off")
+        for name in FILTERED_INDEXES:  # nor a whole-partition scan of the filtered GiST (rolled back)
+            conn.execute(f"DROP INDEX {name}")
         for _ in range(8):  # the index query, prepared and cached
             assert len(matching.candidates(conn, target, 100, filters, [])) < 71
         for _ in range(8):
             exact = matching.candidates(conn, target, 100, filters, [], exact=True)
             assert len(exact) == 71
         ids = [r["track_id"] for r in exact]
+        conn.rollback()
     where, params = matching.filter_sql(filters)
     with connection() as conn:
         rows = conn.execute(f"SELECT * FROM tracks WHERE {' AND '.join(where)}", params).fetchall()

@@ -316,7 +316,8 @@ def stack_up():
     Ports: MOODTUNES_GATEWAY_PORT (8000), MOODTUNES_MODEL_SERVER_PORT (8500), MOODTUNES_POSTGRES_PORT
     (55432), MOODTUNES_REDIS_PORT (56379); DATABASE_URL / REDIS_URL use those servers instead.
     Workers: MOODTUNES_FER_WORKERS, MOODTUNES_RECOMMENDER_WORKERS (1 each; `make up FER_WORKERS=2`).
-    MOODTUNES_MODEL_SERVER_BATCHING=false turns the model server's request batching off."""
+    MOODTUNES_MODEL_SERVER_BATCHING=false turns the model server's request batching off;
+    MOODTUNES_POSTGRES_SHARED_BUFFERS (256MB) sizes the embedded PostgreSQL's page cache."""
     from moodtunes_cli import localstack
 
     try:

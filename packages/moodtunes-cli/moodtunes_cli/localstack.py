@@ -77,6 +77,8 @@ class StackSettings(BaseSettings):
     fer_workers: int = Field(1, ge=1, le=32)  # FER worker processes (Celery nodes fer-1@, fer-2@, ...)
     recommender_workers: int = Field(1, ge=1, le=32)  # recommender worker processes
     model_server_batching: bool = True  # server-side batching (deploy/tfserving/batching.config)
+    # the embedded PostgreSQL's shared_buffers (size the catalogue's HNSW graphs need: deploy/README.md)
+    postgres_shared_buffers: str = Field("256MB", pattern=r"^[0-9]+(kB|MB|GB|TB)$")
     # Prometheus metrics of each process; a worker's is its first copy's, copy n takes port + n - 1
     model_server_metrics_port: int = Field(8501, ge=1, le=65535)  # TF Serving's REST port number
     reconciler_metrics_port: int = Field(9101, ge=1, le=65535)
@@ -263,6 +265,9 @@ class Postgres:
 
     root: Path
     port: int = PG_PORT
+    # Memory for cached pages. A catalogue's HNSW graphs should fit in it: at 10M tracks (3.1 GB of
+    # graphs) the default leaves match queries at ~3 s, 6GB gives 2-3 ms (benchmarks/matching_buffers.py).
+    shared_buffers: str = "256MB"
 
     @property
     def data(self) -> Path:
@@ -308,7 +313,7 @@ class Postgres:
         options = {
             "unix_socket_directories": "",
             "max_connections": "200",
-            "shared_buffers": "256MB",
+            "shared_buffers": self.shared_buffers,
             "fsync": "on",
             "password_encryption": "scram-sha-256",
         }
@@ -833,7 +838,8 @@ def up(var: Path = VAR) -> None:
             f"unsupervised processes of an earlier stack run ({', '.join(stray)}): run `make down` first"
         )
     live = sup.live_groups() if supervised else set()
-    pg, redis = Postgres(var / "postgres", settings.postgres_port), Redis(var / "redis", settings.redis_port)
+    pg = Postgres(var / "postgres", settings.postgres_port, settings.postgres_shared_buffers)
+    redis = Redis(var / "redis", settings.redis_port)
     embedded_pg, embedded_redis = not os.environ.get("DATABASE_URL"), not os.environ.get("REDIS_URL")
     infra = [s.process() for s, on in ((pg, embedded_pg), (redis, embedded_redis)) if on]
     passed = {k: os.environ[k] for k in ("MODELS_DIR", "MODEL_NAME") if os.environ.get(k)}

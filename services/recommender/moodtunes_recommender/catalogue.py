@@ -205,15 +205,36 @@ def create_vector_indexes(conn, maintenance_work_mem: str = "512MB") -> None:
         )
 
 
-# Indexes for the playlist filters beyond migration 0002's B-trees on year and popularity: a
-# trigram index, so `genre ILIKE '%reggae%'` finds a rare genre's tracks by a bitmap scan (the
-# playlist builder then ranks that small set itself) instead of walking the HNSW graphs or the
-# table. Made (if missing) by every catalogue load, as the owner role.
-FILTER_INDEXES = {
+# Indexes for the playlist filters beyond migration 0002's B-trees on year and popularity, made (if
+# missing) by every catalogue load, as the owner role:
+# - a trigram index, so `genre ILIKE '%reggae%'` finds a rare genre's tracks by a bitmap scan (the
+#   playlist builder then ranks that small set itself) instead of walking the graphs or the table;
+# - per mode partition, a GiST over the other four features as a cube with year, popularity, the
+#   explicit flag (btree_gist) and genre trigrams beside them: filtered nearest-neighbour search
+#   that checks those filters inside the index and is exact (moodtunes_recommender.matching).
+FEATURE_CUBE = "cube((features::real[])[1:4]::float8[])"  # (danceability, energy, valence, tempo)
+NOT_EXPLICIT_KEY = "coalesce(explicit, false)"  # false for clean tracks and tracks with no flag
+TRIGRAM_INDEXES = {
     "tracks_genre_trgm": (
         "CREATE INDEX IF NOT EXISTS tracks_genre_trgm ON tracks USING gin (genre gin_trgm_ops)"
     )
 }
+FILTERED_INDEXES = {
+    f"tracks_filtered_{name}": (
+        f"CREATE INDEX IF NOT EXISTS tracks_filtered_{name} ON tracks "
+        f"USING gist ({FEATURE_CUBE}, year, popularity, genre gist_trgm_ops, ({NOT_EXPLICIT_KEY})) "
+        f"WHERE mode = {mode}"
+    )
+    for name, mode in (("minor", 0), ("major", 1))
+}
+FILTER_INDEXES = {**TRIGRAM_INDEXES, **FILTERED_INDEXES}
+# Row order for a first load: near tracks on near pages, so the GiST above is built from clustered
+# inserts (at 1M tracks a filtered search reads ~240 buffers instead of ~620) and a search's rows
+# share heap pages.
+FEATURE_ORDER = (
+    "mode, width_bucket(danceability, 0, 1, 10), width_bucket(energy, 0, 1, 10), "
+    "width_bucket(valence, 0, 1, 10), tempo"
+)
 
 
 def drop_filter_indexes(conn) -> None:
@@ -222,19 +243,35 @@ def drop_filter_indexes(conn) -> None:
 
 
 def create_filter_indexes(conn) -> bool:
-    """False (and a warning) where pg_trgm is not available: genre filters then still work, by
-    scanning."""
+    """False (and a warning) where an extension is not available: the filters then still work, by
+    the HNSW graphs or by scanning."""
     import psycopg
 
-    try:
-        with conn.transaction():  # a savepoint: a failure here leaves the load's transaction usable
-            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-            for sql in FILTER_INDEXES.values():
-                conn.execute(sql)
-    except psycopg.Error as exc:
-        print(f"warning: no trigram index for genre filters ({exc})".strip(), file=sys.stderr)
-        return False
-    return True
+    made = True
+    for extensions, indexes in (
+        (("pg_trgm",), TRIGRAM_INDEXES),
+        (("pg_trgm", "cube", "btree_gist"), FILTERED_INDEXES),
+    ):
+        try:
+            with conn.transaction():  # a savepoint: a failure leaves the load's transaction usable
+                for extension in extensions:
+                    conn.execute(f"CREATE EXTENSION IF NOT EXISTS {extension}")
+                for sql in indexes.values():
+                    conn.execute(sql)
+        except psycopg.Error as exc:
+            print(f"warning: no {', '.join(indexes)} for playlist filters ({exc})".strip(), file=sys.stderr)
+            made = False
+    return made
+
+
+def order_by_features(conn) -> None:
+    """Rewrites the (freshly loaded, not yet indexed) table in FEATURE_ORDER, in this transaction."""
+    conn.execute(
+        f"CREATE TEMP TABLE tracks_ordered ON COMMIT DROP AS SELECT * FROM tracks ORDER BY {FEATURE_ORDER}"
+    )
+    conn.execute("TRUNCATE tracks")
+    conn.execute("INSERT INTO tracks SELECT * FROM tracks_ordered")
+    conn.execute("DROP TABLE tracks_ordered")
 
 
 def count_tracks(database_url: str | None = None) -> int:
@@ -281,6 +318,7 @@ def load_csv(path: str | Path, database_url: str | None = None, progress: bool =
                 flush()
         flush()
         if empty:
+            order_by_features(conn)
             create_vector_indexes(conn)
         create_filter_indexes(conn)
         conn.execute("ANALYZE tracks")

@@ -3,17 +3,23 @@
 Where a playlist's candidates come from depends on how many tracks its filters leave (the
 planner's estimate, one EXPLAIN per filtered playlist):
 
-- no filters, or filters that leave many tracks: pgvector's HNSW graphs, one per musical mode,
-  with the filters inside the index scan (pgvector's iterative scans keep returning rows until the
-  LIMIT is met). The graph of the target's nearer mode is searched first; the other one only when
-  its tracks could still be among the k nearest (each is at least |target mode - its mode| away).
-- filters that leave few tracks, relative to the HNSW walks they would take (`whole_set_pays`):
-  those tracks are fetched once per playlist, found through the B-tree and trigram indexes on the
-  filter columns, and every position's nearest are ranked exactly here. An HNSW scan would walk
-  past about k / selectivity tracks per position before its filtered LIMIT is met, and often give
-  up (hnsw.max_scan_tuples) short of it, which used to send it to the exact scan.
+- no filters: pgvector's HNSW graphs, one per musical mode (valence floors inside the index scan:
+  pgvector's iterative scans keep returning rows until the LIMIT is met). The graph of the
+  target's nearer mode is searched first; the other one only when its tracks could still be among
+  the k nearest (each is at least |target mode - its mode| away).
+- filters, by the cheapest of three plans (`plan_for`, on the planner's estimates):
+  - "gist": the filtered GiST of each mode partition (catalogue.FILTERED_INDEXES) holds the other
+    four features as a cube beside year and popularity, so a k-nearest search checks those
+    filters and the valence floor in the index, and is exact: no walk past k / selectivity tracks
+    at the heap, no search that gives up short, no fallback;
+  - "set": filters that leave few tracks (a rare genre, which the GiST cannot check): those tracks
+    are fetched once per playlist through the B-tree and trigram indexes, and every position's
+    nearest are ranked exactly here;
+  - "index": the HNSW graphs with the filters in the scan, where there is no filtered GiST (an
+    HNSW scan walks past about k / selectivity tracks per position before its filtered LIMIT is
+    met, and may give up at hnsw.max_scan_tuples, which sends it to the exact scan).
 
-On the index plan every distinct target of a playlist (the uplift trajectory has one per
+On the index plans every distinct target of a playlist (the uplift trajectory has one per
 position) is searched in one statement (`nearest_batch`: a LATERAL join over the targets), for its
 k nearest plus one per later position, so the tracks chosen before a target's first position can
 be dropped here and still leave its k nearest unused ones: the same candidates as one query per
@@ -31,6 +37,7 @@ from psycopg.rows import tuple_row
 
 from moodtunes.modes import config
 from moodtunes.results import Filters, Track
+from moodtunes_recommender.catalogue import FEATURE_CUBE, FILTERED_INDEXES, NOT_EXPLICIT_KEY
 from moodtunes_recommender.mapping import feature_vector
 
 __all__ = ["Filters", "feature_vector", "build_playlist", "candidates", "filter_sql"]
@@ -60,6 +67,12 @@ MAX_CANDIDATES = 2000
 SET_ROWS = 50_000
 HNSW_STEP_COST = 2.0
 HNSW_QUERY_COST = 500.0
+# The filtered GiST (catalogue.FILTERED_INDEXES), same units: a query's fixed part ~400 (~1.2 ms), a
+# step ~1.3 per track it visits that passes the filters checked in the index (years, popularity,
+# explicit, one genre) but must still be fetched to check the others (several genres, exclusions,
+# a valence floor).
+GIST_QUERY_COST = 400.0
+GIST_STEP_COST = 1.3
 # Tuples an iterative HNSW scan may visit before it gives up short of its LIMIT (pgvector's
 # default is 20,000); filtered index queries only run where the plan choice expects far fewer.
 MAX_SCAN_TUPLES = 50_000
@@ -67,22 +80,28 @@ GAP_SLACK = 1e-6  # float32 distances in the index vs. the float64 mode gap
 
 
 def filter_sql(filters: Filters) -> tuple[list[str], dict]:
-    """WHERE conditions (and their parameters) of the playlist filters."""
+    """WHERE conditions (and their parameters) of the playlist filters. Numbers are cast to the
+    columns' type: psycopg sends a small Python int as smallint, and the filtered GiST (btree_gist)
+    can check only same-type comparisons in the index."""
     where, params = [], {}
     if filters.year_min is not None:
-        where.append("year >= %(year_min)s")
+        where.append("year >= %(year_min)s::integer")
         params["year_min"] = filters.year_min
     if filters.year_max is not None:
-        where.append("year <= %(year_max)s")
+        where.append("year <= %(year_max)s::integer")
         params["year_max"] = filters.year_max
-    if filters.genres:
+    if len(filters.genres or ()) == 1:  # the form an index can check (the GiST's trigrams)
+        where.append("genre ILIKE %(genre)s")
+        params["genre"] = f"%{filters.genres[0]}%"
+    elif filters.genres:
         where.append("genre ILIKE ANY(%(genres)s)")
         params["genres"] = [f"%{g}%" for g in filters.genres]
     if filters.min_popularity is not None:
-        where.append("popularity >= %(min_popularity)s")
+        where.append("popularity >= %(min_popularity)s::integer")
         params["min_popularity"] = filters.min_popularity
     if filters.exclude_explicit:
-        where.append("explicit IS NOT TRUE")  # unknown (no flag in the data) is kept
+        # unknown (no flag in the data) is kept; written as the filtered GiST's key
+        where.append(f"{NOT_EXPLICIT_KEY} = false")
     return where, params
 
 
@@ -213,31 +232,65 @@ def batch_sql(where: list[str]) -> str:
     )
 
 
+def cube_literal(target) -> str:
+    """The target's FEATURE_CUBE point (every feature but mode, the last)."""
+    assert config()["features"][-1] == "mode"
+    return "(" + ",".join(f"{float(v):.6f}" for v in target[:-1]) + ")"
+
+
+def gist_batch_sql(where: list[str]) -> str:
+    """As `batch_sql`, on the filtered GiST of each mode partition: the exact k nearest, found in
+    distance order with the filters checked in the index where it can, and the distance over all five
+    features (the mode term is the same for the whole partition)."""
+    columns = ", ".join(lean_columns())
+    extra = "".join(f" AND {w}" for w in where)
+    branches = " UNION ALL ".join(
+        f"(SELECT {columns}, sqrt(power({FEATURE_CUBE} <-> q.t, 2) + power(q.mode - {m}, 2)) AS distance "
+        f"FROM tracks WHERE q.part = {m} AND mode = {m} AND (q.floor IS NULL OR valence >= q.floor){extra} "
+        f"ORDER BY {FEATURE_CUBE} <-> q.t LIMIT %(k)s)"
+        for m in (0, 1)
+    )
+    return (
+        "SELECT q.i, c.* FROM unnest(%(targets)s::cube[], %(modes)s::float8[], %(floors)s::float8[], "
+        f"%(parts)s::int[]) WITH ORDINALITY AS q(t, mode, floor, part, i) CROSS JOIN LATERAL ({branches}) c"
+    )
+
+
 def nearest_batch(
-    conn, keys: list[tuple], k: int, filters: Filters, exclude, settings: dict | None = None
+    conn,
+    keys: list[tuple],
+    k: int,
+    filters: Filters,
+    exclude,
+    settings: dict | None = None,
+    filtered_index: bool = False,
 ) -> tuple[list[list[tuple]], int]:
     """`candidates` for many (target, valence floor) keys in one statement (two where a target's
     other mode partition may hold some of its k nearest: the same rule as `candidates`): for each
-    key, up to k rows of `lean_columns()` + distance, nearest first. Also the statements sent."""
+    key, up to k rows of `lean_columns()` + distance, nearest first. Also the statements sent.
+    From the HNSW graphs, or (`filtered_index`) exactly, from the filtered GiST."""
     where, params = _conditions(filters, exclude, None)
     floors = [None if mv is None else float(mv) for _, mv in keys]
-    iterative = bool(where) or any(f is not None for f in floors)
-    scans = iterative_scans() if iterative else {}
-    _set_local(conn, settings, hnsw__ef_search=min(1000, max(EF_SEARCH, k)), **scans)
     modes, near = zip(*(nearer_partition(t) for t, _ in keys), strict=True) if keys else ((), ())
-    sql, cur = batch_sql(where), conn.cursor(row_factory=tuple_row)
+    if filtered_index:
+        # plan_for chose this plan; the planner, costing each LATERAL branch before it knows the
+        # target, would sometimes rather intersect bitmaps and sort the lot
+        _set_local(conn, settings, enable_bitmapscan="off")
+        sql = gist_batch_sql(where)
+        params.update(targets=[cube_literal(t) for t, _ in keys], modes=list(modes))
+    else:
+        iterative = bool(where) or any(f is not None for f in floors)
+        scans = iterative_scans() if iterative else {}
+        _set_local(conn, settings, hnsw__ef_search=min(1000, max(EF_SEARCH, k)), **scans)
+        sql = batch_sql(where)
+        params["targets"] = [vector_literal(t) for t, _ in keys]
+    cur = conn.cursor(row_factory=tuple_row)
 
     def search(which: list[int], parts: list[int]) -> dict[int, list[tuple]]:
         found: dict[int, list[tuple]] = {i: [] for i in which}
+        chosen = {name: [params[name][i] for i in which] for name in ("targets", "modes") if name in params}
         rows = cur.execute(
-            sql,
-            {
-                **params,
-                "k": k,
-                "targets": [vector_literal(keys[i][0]) for i in which],
-                "floors": [floors[i] for i in which],
-                "parts": parts,
-            },
+            sql, {**params, **chosen, "k": k, "floors": [floors[i] for i in which], "parts": parts}
         ).fetchall()
         for row in rows:
             found[which[row[0] - 1]].append(row[1:])
@@ -254,20 +307,48 @@ def nearest_batch(
     return [sorted(found[i], key=lambda r: (r[-1], r[0]))[:k] for i in everyone], 1 + bool(further)
 
 
-def estimated_rows(conn, where: list[str], params: dict) -> tuple[float, float]:
-    """The planner's estimates of how many tracks pass `where` and how many there are (no query
-    runs: the table's statistics)."""
+def estimated_rows(conn, where: list[str], params: dict) -> float:
+    """The planner's estimate of how many tracks pass `where` (no query runs: the table's
+    statistics)."""
     cur = conn.cursor(row_factory=tuple_row)
     plan = cur.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM tracks WHERE {' AND '.join(where)}", params)
-    rows = float(plan.fetchone()[0][0]["Plan"]["Plan Rows"])
-    total = cur.execute("SELECT reltuples FROM pg_class WHERE oid = 'tracks'::regclass").fetchone()[0]
-    return rows, max(float(total), rows)
+    return float(plan.fetchone()[0][0]["Plan"]["Plan Rows"])
 
 
-def whole_set_pays(rows: float, total: float, queries: int, k: int) -> bool:
-    """Whether fetching the filtered set once beats `queries` filtered HNSW walks of k (above)."""
-    walks = queries * (HNSW_QUERY_COST + HNSW_STEP_COST * k * total / max(rows, 1.0))
-    return rows <= SET_ROWS and rows <= walks
+def catalogue_size(conn) -> tuple[float, bool]:
+    """The planner's count of tracks, and whether the filtered GiST indexes are there and valid
+    (a catalogue loaded where the cube extension is missing has none)."""
+    cur = conn.cursor(row_factory=tuple_row)
+    total, ready = cur.execute(
+        "SELECT reltuples, (SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE c.relname = ANY(%s) AND i.indisvalid) FROM pg_class WHERE oid = 'tracks'::regclass",
+        (list(FILTERED_INDEXES),),
+    ).fetchone()
+    return float(total), ready == len(FILTERED_INDEXES)
+
+
+def in_index_share(conn, filters: Filters, rows: float, total: float) -> float:
+    """The share of the tracks that pass the filters the GiST checks (all but several genres: years,
+    popularity, explicit, one genre) that also pass several genres, which it leaves to the heap: 1
+    when there are not several."""
+    if len(filters.genres or ()) <= 1:
+        return 1.0
+    where, params = filter_sql(filters.model_copy(update={"genres": []}))
+    passing = estimated_rows(conn, where, params) if where else total
+    return min(1.0, rows / max(passing, 1.0))
+
+
+def plan_for(rows: float, total: float, queries: int, k: int, gist_share: float | None) -> str:
+    """The cheapest way (costs above) to find a filtered playlist's candidates: "set" (fetch the
+    filtered tracks once), "gist" (`queries` exact searches of the filtered GiST, each fetching
+    about k / gist_share tracks; None where there is no such index) or "index" (as many filtered
+    HNSW walks, each past about k * total / rows tracks)."""
+    costs = {"index": queries * (HNSW_QUERY_COST + HNSW_STEP_COST * k * total / max(rows, 1.0))}
+    if gist_share is not None:
+        costs["gist"] = queries * (GIST_QUERY_COST + GIST_STEP_COST * k / max(gist_share, 1e-9))
+    if rows <= SET_ROWS:
+        costs["set"] = rows
+    return min(costs, key=costs.get)
 
 
 def filtered_tracks(conn, where: list[str], params: dict, exclude, limit: int) -> list[tuple] | None:
@@ -295,14 +376,28 @@ def full_rows(conn, rows: list[dict]) -> dict[str, dict]:
     return {r["track_id"]: r for r in found}
 
 
+class ArtistSets:
+    """`artist_set` of each row, made when first asked for: ranking looks at the artists of the
+    few candidates that could be chosen, not of every candidate."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+        self.made: dict[int, frozenset[str]] = {}
+
+    def __getitem__(self, j: int) -> frozenset[str]:
+        if j not in self.made:
+            self.made[j] = artist_set(self.rows[j]["artists"])
+        return self.made[j]
+
+
 class Pool:
-    """Candidate rows, with what ranking and MMR need of each computed once: its feature vector
-    (as `feature_vector` makes it) and its artist set."""
+    """Candidate rows, with what ranking and MMR need of each: its feature vector (as
+    `feature_vector` makes it, computed once) and its artist set (when needed)."""
 
     def __init__(self, rows: list[dict], vectors: np.ndarray | None = None):
         self.rows = rows
         self.vectors = feature_matrix(rows) if vectors is None else vectors
-        self.artists = [artist_set(r["artists"]) for r in rows]
+        self.artists = ArtistSets(rows)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -400,14 +495,24 @@ def build_playlist(
     k = max(cfg["min_candidates"], cfg["candidates_per_track"] * (n if len(distinct) == 1 else 3))
     where, params = filter_sql(filters)
     whole: TrackSet | None = None
+    gist = False  # candidates from the filtered GiST (exact) rather than the HNSW graphs
     if where:
-        rows, total = estimated_rows(conn, where, params)
+        rows = estimated_rows(conn, where, params)
+        total, ready = catalogue_size(conn)
+        total = max(total, rows)
         stats["estimated_rows"] = rows
-        if whole_set_pays(rows, total, len(distinct), k):
+        share = in_index_share(conn, filters, rows, total) if ready else None
+        plan = plan_for(rows, total, len(distinct), k, share)
+        if plan == "set":
             stats["queries"] += 1
             found = filtered_tracks(conn, where, params, sorted(set(exclude)), 2 * SET_ROWS)
-            if found is not None:  # else the estimate was far off: the index plan after all
+            if found is not None:  # else the estimate was far off: an index plan after all
                 whole, stats["plan"] = TrackSet(found), "set"
+            else:
+                plan = "gist" if ready else "index"
+        gist = plan == "gist"
+        if gist:
+            stats["plan"] = "gist"
 
     # Index plan: every distinct key's k nearest, plus one for each track chosen before its first
     # position (they are dropped there), in one statement for the whole playlist.
@@ -418,12 +523,7 @@ def build_playlist(
             firsts.setdefault(pool_key(t, mv), (t, mv))
         ahead = min(MAX_CANDIDATES, k) + n - 1
         batch, sent = nearest_batch(
-            conn,
-            list(firsts.values()),
-            ahead,
-            filters,
-            sorted(set(exclude)),
-            settings,
+            conn, list(firsts.values()), ahead, filters, sorted(set(exclude)), settings, filtered_index=gist
         )
         prefetched = dict(zip(firsts, batch, strict=True))
         stats["queries"] += sent
@@ -433,10 +533,15 @@ def build_playlist(
             return whole.nearest(t, size, mv)
         if key in prefetched:
             pool = lean_pool([r for r in prefetched.pop(key) if r[0] not in used_ids][:size])
+        elif gist:  # exact: a short answer means the filters leave no more tracks
+            stats["queries"] += 1
+            rows = nearest_batch(conn, [(t, mv)], size, filters, sorted(used_ids), filtered_index=True)[0]
+            return lean_pool(rows[0])
         else:
             pool = Pool(candidates(conn, t, size, filters, sorted(used_ids), mv, settings=settings))
             stats["queries"] += 1
-        if len(pool) < size and (where or mv is not None):  # short: the scan gave up, or too few pass
+        # short: the HNSW scan gave up, or too few pass (the GiST is exact: short means too few pass)
+        if not gist and len(pool) < size and (where or mv is not None):
             pool = Pool(candidates(conn, t, size, filters, sorted(used_ids), mv, exact=True))
             stats["queries"] += 1
             stats["exact_scans"] += 1
@@ -493,15 +598,14 @@ def _best(pool: Pool, available: list[int], target, chosen_vecs, diversity, cap,
     else:
         spread = np.full(len(available), cap)
     scores = (-(1 - diversity) * d + diversity * spread).tolist()
-    best, best_score, fallback = None, None, None
+    best, best_score = None, None
     for j, score in zip(available, scores, strict=True):
+        if best_score is not None and not score > best_score + 1e-12:
+            continue  # cannot win, whatever its artists
         if pool.artists[j] & prev_artists:
-            if fallback is None:
-                fallback = j
             continue
-        if best_score is None or score > best_score + 1e-12:
-            best, best_score = j, score
-    return fallback if best is None else best
+        best, best_score = j, score
+    return available[0] if best is None else best  # every row repeats an artist: the nearest
 
 
 def track(row: dict, distance: float, position: int) -> Track:
