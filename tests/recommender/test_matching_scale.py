@@ -26,6 +26,13 @@ PROBS = [[0.1, 0.1, 0.6, 0.1, 0.1], [0.2, 0.5, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0
 
 
 @pytest.fixture
+def no_filtered_gist(monkeypatch):
+    """build_playlist sees a catalogue without the filtered GiST (as where the load could not make it)."""
+    size = matching.catalogue_size
+    monkeypatch.setattr(matching, "catalogue_size", lambda conn: (size(conn)[0], False))
+
+
+@pytest.fixture
 def exact_calls(monkeypatch):
     """Counts the exact scans `build_playlist` asks `candidates` for."""
     calls = []
@@ -137,10 +144,10 @@ def test_the_filtered_gist_finds_what_an_exact_scan_finds_for_every_target_and_f
                 assert len(rows) == k
 
 
-def test_without_the_filtered_gist_a_broad_filter_walks_the_hnsw_graphs(database, exact_calls, monkeypatch):
+def test_without_the_filtered_gist_a_broad_filter_walks_the_hnsw_graphs(
+    database, exact_calls, no_filtered_gist
+):
     """A database whose load could not make the GiST (no cube extension) still serves filters."""
-    size = matching.catalogue_size
-    monkeypatch.setattr(matching, "catalogue_size", lambda conn: (size(conn)[0], False))
     stats: dict = {}
     with connection() as conn:
         tracks = matching.build_playlist(
@@ -151,14 +158,12 @@ def test_without_the_filtered_gist_a_broad_filter_walks_the_hnsw_graphs(database
 
 
 def test_an_index_query_that_comes_back_short_falls_back_to_the_exact_scan(
-    database, exact_calls, monkeypatch
+    database, exact_calls, no_filtered_gist, monkeypatch
 ):
     """The fallback still guards correctness where the plan choice is overruled (here: never the
     whole set, no filtered GiST): the HNSW query for 100 candidates finds only the 71 rock tracks
     there are, and only an exact scan can tell that those are all."""
     monkeypatch.setattr(matching, "SET_ROWS", 0)
-    size = matching.catalogue_size
-    monkeypatch.setattr(matching, "catalogue_size", lambda conn: (size(conn)[0], False))
     stats: dict = {}
     with connection() as conn:
         tracks = matching.build_playlist(

@@ -535,7 +535,9 @@ def build_playlist(
             pool = lean_pool([r for r in prefetched.pop(key) if r[0] not in used_ids][:size])
         elif gist:  # exact: a short answer means the filters leave no more tracks
             stats["queries"] += 1
-            rows = nearest_batch(conn, [(t, mv)], size, filters, sorted(used_ids), filtered_index=True)[0]
+            rows = nearest_batch(
+                conn, [(t, mv)], size, filters, sorted(used_ids), settings, filtered_index=True
+            )[0]
             return lean_pool(rows[0])
         else:
             pool = Pool(candidates(conn, t, size, filters, sorted(used_ids), mv, settings=settings))
