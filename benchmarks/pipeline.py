@@ -327,6 +327,13 @@ def main() -> None:
         default=True,
         help="the started stack's model server batches requests (MOODTUNES_MODEL_SERVER_BATCHING)",
     )
+    p.add_argument(
+        "--flower",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the started stack runs Flower, which turns on the workers' task events (MOODTUNES_FLOWER; "
+        "Kubernetes runs none)",
+    )
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
     photo = astronaut_jpeg()
@@ -340,7 +347,11 @@ def main() -> None:
             from _stack import temp_stack
 
             print("starting a stack in a temporary directory ...", flush=True)
-            env = {**LOAD_TEST_ENV, "MOODTUNES_MODEL_SERVER_BATCHING": str(args.batching).lower()}
+            env = {
+                **LOAD_TEST_ENV,
+                "MOODTUNES_MODEL_SERVER_BATCHING": str(args.batching).lower(),
+                "MOODTUNES_FLOWER": str(args.flower).lower(),
+            }
             stack = cleanup.enter_context(temp_stack(fer_workers=args.fer_workers, env=env))
             url, model_server, database_url = stack.url, stack.model_server, stack.database_url
             supervisor = stack.supervisor()
@@ -348,6 +359,7 @@ def main() -> None:
         report = run_all(url, model_server, database_url, photo, args.concurrency, cpu_probe)
         report["fer_workers"] = args.fer_workers if not args.url else None
         report["model_server_batching"] = args.batching if not args.url else None
+        report["flower"] = args.flower if not args.url else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     chart(report, args.out.with_suffix(".png"))

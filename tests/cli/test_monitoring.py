@@ -111,6 +111,15 @@ def test_up_says_when_prometheus_is_not_installed():
     assert text.startswith("prometheus: http://127.0.0.1:9090")
 
 
+def test_flower_runs_unless_turned_off(tmp_path, monkeypatch):
+    """MOODTUNES_FLOWER=false: no Flower, so nobody asks the workers for task events."""
+    monkeypatch.setattr(localstack, "prometheus_binary", lambda: None)
+    monkeypatch.delenv("MOODTUNES_FLOWER", raising=False)
+    assert [p.name for p in localstack.monitor_processes(tmp_path, localstack.stack_settings())] == ["flower"]
+    monkeypatch.setenv("MOODTUNES_FLOWER", "false")
+    assert localstack.monitor_processes(tmp_path, localstack.stack_settings()) == []
+
+
 # ----------------------------------------------------------------------------- a real Prometheus
 
 

@@ -482,6 +482,16 @@ def test_celery_queue_names(compose, name, queue):
     assert queues.split(",") == [queue]
 
 
+@pytest.mark.parametrize("name", sorted(CELERY_QUEUES))
+def test_workers_run_without_gossip_or_mingle_as_the_local_stack_does(compose, name):
+    from moodtunes_cli.localstack import CELERY_WORKER_FLAGS, service_processes
+
+    cmd = command_list(compose["services"][name].get("command"))
+    assert set(CELERY_WORKER_FLAGS) <= set(cmd)
+    local = next(p for p in service_processes(Path("/x"), {}) if p.name == name)
+    assert set(CELERY_WORKER_FLAGS) <= set(local.argv)
+
+
 def test_fer_worker_takes_one_task_at_a_time(compose):
     cmd = command_list(compose["services"]["fer-worker"].get("command"))
     assert cmd[cmd.index("--concurrency") + 1] == "1"

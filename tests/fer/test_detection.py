@@ -1,6 +1,7 @@
 """Decoding (EXIF orientation, corrupt data) and face detection on public-domain photos."""
 
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -168,3 +169,15 @@ def test_the_worker_fails_a_strip_as_invalid_image_not_internal_error(clean_jobs
     row = jobs.get(job_id)
     assert (row["status"], row["error_code"]) == ("failed", "invalid_image")
     assert "20000" in row["error_message"]
+
+
+def test_each_thread_searches_with_its_own_cascade():
+    """A cascade holds the image it is searching: threads sharing one could swap images."""
+    seen = []
+    workers = [threading.Thread(target=lambda: seen.append(detection.cascade())) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert seen[0] is not seen[1] and detection.cascade() not in seen
+    assert detection.cascade() is detection.cascade()  # loaded once per thread, not per call

@@ -86,6 +86,10 @@ class StackSettings(BaseSettings):
     fer_metrics_port: int = Field(9150, ge=1, le=65535)
     prometheus_port: int = Field(9090, ge=1, le=65535)  # when a prometheus binary is installed
     flower_port: int = Field(5555, ge=1, le=65535)  # Flower, the Celery workers' web monitor
+    # Flower turns on the workers' task events (a Redis publish per task and state, ~6 ms of CPU per
+    # job in all: benchmarks/pipeline.py); MOODTUNES_FLOWER=false runs the stack as Kubernetes
+    # does, without it
+    flower: bool = True
 
     @staticmethod
     def env_var(name: str) -> str:
@@ -543,12 +547,19 @@ def _terminate(pidfile: Path, timeout_s: float = 15.0, sig: int = signal.SIGTERM
     pidfile.unlink(missing_ok=True)
 
 
+# Every worker, here as in docker-compose.yml and deploy/k8s: no gossip (each worker would receive
+# every other worker's task events while Flower has them turned on) and no start-up mingle (it
+# syncs revoked tasks, which moodtunes never revokes)
+CELERY_WORKER_FLAGS = ("--without-gossip", "--without-mingle")
+
+
 def _celery(app: str, queue: str, node: str, concurrency: int, *extra: str) -> list[str]:
     """A Celery worker; "{n}" in its node name keeps the copies apart (fer-1@host, fer-2@host)."""
     return [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue, "-n", f"{node}-{{n}}@%h"] + [
         "--concurrency",
         str(concurrency),
         *extra,
+        *CELERY_WORKER_FLAGS,
         "--loglevel",
         "INFO",
     ]
@@ -721,8 +732,9 @@ def write_prometheus_config(path: Path, processes: Iterable[Process]) -> None:
 
 
 def monitor_processes(var: Path, settings: StackSettings) -> list[Process]:
-    """What `up` runs to watch the stack: Flower, and Prometheus when it is installed."""
-    monitors = [flower_process(var / "run", settings.flower_port)]
+    """What `up` runs to watch the stack: Flower (unless turned off), and Prometheus when it is
+    installed."""
+    monitors = [flower_process(var / "run", settings.flower_port)] if settings.flower else []
     binary = prometheus_binary()
     if binary:
         monitors.append(prometheus_process(var / "prometheus", var / "run", settings.prometheus_port, binary))

@@ -7,8 +7,8 @@ flat and non-face images therefore end with no face, whatever their size.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -68,13 +68,20 @@ def decode_grey(data: bytes, max_pixels: int | None = None) -> np.ndarray:
     return np.asarray(decode(data, max_pixels).image.convert("L"), dtype=np.uint8)
 
 
-@lru_cache
+_per_thread = threading.local()
+
+
 def cascade(name: str = "haarcascade_frontalface_default.xml") -> cv2.CascadeClassifier:
-    path = cv2.data.haarcascades + name
-    clf = cv2.CascadeClassifier(path)
-    if clf.empty():
-        raise RuntimeError(f"Haar cascade not found at {path}: opencv-python-headless<5 is required")
-    return clf
+    """This thread's copy of a cascade: detectMultiScale keeps the image it is searching inside
+    the classifier, so one shared by two threads can search the other's image (opencv#4287)."""
+    loaded = _per_thread.__dict__.setdefault("cascades", {})
+    if name not in loaded:
+        path = cv2.data.haarcascades + name
+        clf = cv2.CascadeClassifier(path)
+        if clf.empty():
+            raise RuntimeError(f"Haar cascade not found at {path}: opencv-python-headless<5 is required")
+        loaded[name] = clf
+    return loaded[name]
 
 
 def confirmed(equalized: np.ndarray, box: Box) -> bool:
