@@ -34,7 +34,7 @@ import psycopg
 
 from moodtunes.config import REPO_ROOT, get_settings
 from moodtunes.results import Filters
-from moodtunes_recommender import catalogue, mapping, matching
+from moodtunes_recommender import catalogue, mapping, matching, snapshot
 from moodtunes_recommender.matching import nearest_sql
 
 QUERIES = 1000
@@ -177,16 +177,48 @@ def percentiles(lat) -> dict:
     return {f"p{q}_ms": round(float(np.percentile(lat, q)), 3) for q in (50, 95, 99)}
 
 
-def one_playlist(conn, probs, mode: str, filters: Filters, floors, stats: dict) -> tuple[float, list]:
-    """One playlist as the worker builds it, in its own transaction; (milliseconds, tracks)."""
+def one_playlist(
+    conn, probs, mode: str, filters: Filters, floors, stats: dict, copies=None
+) -> tuple[float, list]:
+    """One playlist as the worker builds it, in its own transaction; (milliseconds, tracks).
+    `copies` (a snapshot.SnapshotCache): filtered playlists check it and rank in its copy, as the
+    worker's catalogue_copy does (the version check is timed with them)."""
     targets = mapping.targets(probs, mode, PLAYLIST_LENGTH)
     with conn.transaction():
         t0 = time.perf_counter()
-        tracks = matching.build_playlist(conn, targets, filters, min_valence=floors, stats=stats)
+        memory = copies.current(conn) if copies and matching.filter_sql(filters)[0] else None
+        tracks = matching.build_playlist(
+            conn, targets, filters, min_valence=floors, stats=stats, memory=memory
+        )
         return (time.perf_counter() - t0) * 1000, tracks
 
 
-def time_playlists(url: str, playlists: int, rng) -> dict:
+def rss_mib() -> float:
+    """This process's resident memory (Linux)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * __import__("os").sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def catalogue_copy(url: str) -> tuple[snapshot.SnapshotCache, dict]:
+    """The worker's in-memory catalogue copy, loaded as it loads it; its load time and the
+    resident memory it added."""
+    copies = snapshot.SnapshotCache(get_settings().playlist_memory_max_tracks, lambda: psycopg.connect(url))
+    before, t0 = rss_mib(), time.perf_counter()
+    with psycopg.connect(url) as conn:
+        copies.current(conn)
+    copy = copies.wait()
+    seconds = time.perf_counter() - t0
+    if copy is None:
+        return copies, {"loaded": False}
+    return copies, {
+        "loaded": True,
+        "tracks": len(copy),
+        "load_seconds": round(seconds, 2),
+        "rss_added_mib": round(rss_mib() - before, 1),
+    }
+
+
+def time_playlists(url: str, playlists: int, rng, copies=None) -> dict:
     """`build_playlist` end to end, as the worker runs it (one transaction per playlist on a
     dict-row connection with pgvector's types), per mode x filter case. The same emotion vectors
     for every case; untimed playlists of every case first warm the caches and statements."""
@@ -201,14 +233,16 @@ def time_playlists(url: str, playlists: int, rng) -> dict:
         for mode in MODES:  # warm-up: every case once, as a server that has been serving would be
             for filters in FILTER_CASES.values():
                 for p in warm:
-                    one_playlist(conn, p, mode, filters, mapping.min_valence(mode, PLAYLIST_LENGTH), {})
+                    one_playlist(
+                        conn, p, mode, filters, mapping.min_valence(mode, PLAYLIST_LENGTH), {}, copies
+                    )
         for mode in MODES:
             floors = mapping.min_valence(mode, PLAYLIST_LENGTH)
             for case, filters in FILTER_CASES.items():
-                lat, lengths, fell_back, queries, exact, whole_set, gist = [], [], 0, 0, 0, 0, 0
+                lat, lengths, fell_back, queries, exact, whole_set, gist, memory = [], [], 0, 0, 0, 0, 0, 0
                 for p in probs:
                     stats: dict = {}
-                    ms, tracks = one_playlist(conn, p, mode, filters, floors, stats)
+                    ms, tracks = one_playlist(conn, p, mode, filters, floors, stats, copies)
                     lat.append(ms)
                     lengths.append(len(tracks))
                     fell_back += stats.get("exact_scans", 0) > 0
@@ -216,6 +250,7 @@ def time_playlists(url: str, playlists: int, rng) -> dict:
                     exact += stats.get("exact_scans", 0)
                     whole_set += stats.get("plan") == "set"
                     gist += stats.get("plan") == "gist"
+                    memory += stats.get("plan") == "memory"
                 r = {
                     **percentiles(lat),
                     "max_ms": round(float(np.max(lat)), 3),
@@ -224,6 +259,7 @@ def time_playlists(url: str, playlists: int, rng) -> dict:
                     "queries_per_playlist": round(queries / len(probs), 2),
                     "set_plan_rate": round(whole_set / len(probs), 4),
                     "gist_plan_rate": round(gist / len(probs), 4),
+                    "memory_plan_rate": round(memory / len(probs), 4),
                     "estimated_rows": stats.get("estimated_rows"),
                     "full_playlists": round(float(np.mean([n == PLAYLIST_LENGTH for n in lengths])), 4),
                     "meets_p99": bool(np.percentile(lat, 99) <= PLAYLIST_P99_MS),
@@ -348,6 +384,12 @@ def main() -> None:
     )
     p.add_argument("--playlist-runs", type=int, default=PLAYLISTS, help="playlists per mode x filter case")
     p.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="filtered playlists in the worker's in-memory catalogue copy (up to PLAYLIST_MEMORY_MAX_TRACKS)",
+    )
+    p.add_argument(
         "--reuse-catalogue",
         action="store_true",
         help="keep the database's catalogue when it already has --tracks tracks (no load, no index build)",
@@ -400,13 +442,16 @@ def main() -> None:
                 time_matching(conn, feats, targets, report)
         if a.playlists:
             print(f"playlists: {a.playlist_runs} per mode x filter case, {PLAYLIST_LENGTH} tracks each")
+            copies, copy_report = catalogue_copy(url) if a.memory else (None, {"loaded": False})
+            print(f"in-memory catalogue copy: {copy_report}")
             report["playlists"] = {
                 "per_case": a.playlist_runs,
                 "length": PLAYLIST_LENGTH,
                 "diversity": "default",
                 "target_p99_ms": PLAYLIST_P99_MS,
                 "filters": {c: f.model_dump(exclude_defaults=True) for c, f in FILTER_CASES.items()},
-                "cases": time_playlists(url, a.playlist_runs, np.random.default_rng(SEED + 2)),
+                "memory_copy": copy_report,
+                "cases": time_playlists(url, a.playlist_runs, np.random.default_rng(SEED + 2), copies),
             }
         report["machine"] = {"cpu_count": __import__("os").cpu_count(), "machine": platform.machine()}
         report["latency_measured"] = "client-side round trip over loopback TCP, prepared statements"
@@ -434,14 +479,14 @@ def main() -> None:
         print(f"\nwhole playlists ({PLAYLIST_LENGTH} tracks), target p99 <= {PLAYLIST_P99_MS:g} ms")
         print(
             f"{'mode':7} {'filters':14} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'fallback':>9} "
-            f"{'queries':>8} {'set plan':>9} {'gist plan':>9} {'full':>6}  ok"
+            f"{'queries':>8} {'set plan':>9} {'gist plan':>9} {'memory':>7} {'full':>6}  ok"
         )
         for name, r in cases.items():
             mode, case = name.split("/")
             print(
                 f"{mode:7} {case:14} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} {r['p99_ms']:8.2f} "
                 f"{r['fallback_rate']:9.1%} {r['queries_per_playlist']:8.1f} {r['set_plan_rate']:9.0%} "
-                f"{r.get('gist_plan_rate', 0):9.0%} "
+                f"{r.get('gist_plan_rate', 0):9.0%} {r.get('memory_plan_rate', 0):7.0%} "
                 f"{r['full_playlists']:6.0%}  "
                 f"{'yes' if r['meets_p99'] else 'NO'}"
             )

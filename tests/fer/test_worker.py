@@ -17,7 +17,7 @@ import redis
 import skimage.data
 from PIL import Image
 
-from moodtunes import jobs, queue
+from moodtunes import db, jobs, queue
 from moodtunes.config import get_settings
 from moodtunes.events import EmotionDetected, FerJob, filters_of, from_json, job_options, to_json
 from moodtunes.results import Face, ModelRef
@@ -233,6 +233,7 @@ def test_database_round_trips_per_job(fake_model, face_jpeg, monkeypatch, capsys
     """A whole job, counted per stage (see tests/db_trips.py for how). Before the events carried
     the work: submit 3 statements in 2 transactions, FER 7 in 6, recommender bookkeeping 4 in 3,
     each poll 2 in 2."""
+    from moodtunes_recommender import snapshot
     from moodtunes_recommender import worker as recommender
 
     job_id = jobs.new_job_id()
@@ -247,8 +248,12 @@ def test_database_round_trips_per_job(fake_model, face_jpeg, monkeypatch, capsys
         )
     with counting(monkeypatch) as fer:
         fake_model.process(job_id, job_options(**{**OPTIONS, "mode": "match", "limit": 10}))
+    queued = from_json(to_json(fake_model.published[0]), EmotionDetected)  # as on the queue
+    monkeypatch.setattr(recommender, "_snapshots", [])  # this process's catalogue copy, loaded
+    with db.connection() as conn:  # (in the background) as after its first filtered playlist
+        recommender.catalogue_copy(conn, filters_of(queued.options))
+    assert recommender._snapshots[0].wait(30) is not None
     with counting(monkeypatch) as recommend:
-        queued = from_json(to_json(fake_model.published[0]), EmotionDetected)  # as on the queue
         assert recommender.recommend(queued) is not None
     with counting(monkeypatch) as poll:
         assert jobs.poll(job_id)["status"] == "done"
@@ -263,6 +268,8 @@ def test_database_round_trips_per_job(fake_model, face_jpeg, monkeypatch, capsys
     assert not [s for s in fer.statements if s.startswith("SELECT")]  # nothing re-read to publish
     on_jobs = [s for s in recommend.statements if "jobs" in s]
     assert len(on_jobs) == 2 and recommend.transactions == 1  # lock + dislikes, then done
+    # the filtered playlist: the copy's version check, then the chosen tracks' rows; no search
+    assert [s for s in recommend.statements if "catalogue_version" in s] == [snapshot.VERSION_SQL]
     assert (len(poll.statements), poll.transactions) == (1, 1)
 
 
@@ -418,3 +425,29 @@ def test_a_group_job_redelivered_after_classifying_republishes_the_same_blend(
     assert first.options.drive == again.options.drive == "group"
     assert list(again.probabilities) == pytest.approx(list(first.probabilities))
     assert again.group == first.group
+
+
+def test_warm_up_sends_one_blank_face_through_the_model_and_the_head(fake_pipeline, monkeypatch):
+    heads = []
+
+    def predict_proba(self, features):
+        heads.append(len(features))
+        return np.tile(HEAD_PROBS, (len(features), 1))
+
+    monkeypatch.setattr(FakeHead, "predict_proba", predict_proba)
+    assert fake_pipeline.warm_up() is True
+    assert fake_pipeline.backend_calls.calls == 1 and heads == [1]
+
+
+def test_warm_up_without_a_model_server_leaves_it_to_the_first_job(worker):
+    assert worker.warm_up() is False  # nothing listens at MODEL_SERVER: no exception either
+
+
+def test_each_new_worker_process_warms_up_beside_its_task_loop(worker, monkeypatch):
+    from celery import signals
+
+    ran = threading.Event()
+    monkeypatch.setattr(worker, "warm_up", ran.set)
+    assert any(r is worker._warm_up_in_background for _, r in signals.worker_process_init.receivers)
+    thread = worker._warm_up_in_background()
+    assert thread.daemon and ran.wait(5)

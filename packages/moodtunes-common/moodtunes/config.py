@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     model_timeout_s: float = 10.0
     models_dir: Path = REPO_ROOT / "models"  # where the PCA+classifier heads live, per version
     catalogue_path: Path = REPO_ROOT / "data" / "catalogue" / "tracks_catalogue.csv.gz"
+    # A recommender worker copies catalogues up to this size into memory (~120 bytes a track) and
+    # ranks filtered playlists there (moodtunes_recommender.snapshot); 0 keeps them in PostgreSQL
+    playlist_memory_max_tracks: int = Field(2_000_000, ge=0)
 
     # Gateway limits
     max_upload_bytes: int = 10 * 1024 * 1024

@@ -10,10 +10,12 @@ the reconciler to send again. Photos are never logged: messages name jobs by id.
 from __future__ import annotations
 
 import logging
+import threading
 from functools import lru_cache
 
 import grpc
 import tenacity
+from celery import signals
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from moodtunes import group, jobs, observability
@@ -269,6 +271,34 @@ def _outage_code(exc: BaseException) -> str:
     return "queue_unavailable" if isinstance(exc, BROKER_ERRORS) else "model_unavailable"
 
 
+def warm_up() -> bool:
+    """One blank face through detection's cascades, the model server and the head, so that a new
+    worker's first job does not pay for loading them and opening the channel (~1 s). Best effort:
+    with the model server not up yet, the first job does it (and waits it out as any job does)."""
+    import numpy as np
+
+    from moodtunes_fer.detection import VERIFY_CASCADE, cascade
+    from moodtunes_fer.preprocessing import to_model_input
+    from moodtunes_fer.signature import INPUT_SIZE
+
+    try:
+        cascade(), cascade(VERIFY_CASCADE)  # this thread's; the task thread loads its own (~15 ms)
+        pipeline().predict_input(to_model_input([np.zeros((INPUT_SIZE, INPUT_SIZE), np.uint8)]))
+    except Exception as exc:
+        log.info("warm-up left to the first job: %s: %s", type(exc).__name__, exc)
+        return False
+    log.info("warmed up: model server and head answer")
+    return True
+
+
+def _warm_up_in_background(**_kwargs) -> threading.Thread:
+    """In each new worker process, beside its task loop (a slow model server must not hold up the
+    process start, which Celery times out)."""
+    thread = threading.Thread(target=warm_up, name="fer-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 def _trace_model_calls() -> None:
     """Where tracing is on: the Predict calls' spans, and their context sent to the model server."""
     from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient
@@ -277,3 +307,4 @@ def _trace_model_calls() -> None:
 
 
 observability.instrument_worker(SERVICE, [FER_TASK], tracing_instrumentors=[_trace_model_calls])
+signals.worker_process_init.connect(_warm_up_in_background, weak=False)

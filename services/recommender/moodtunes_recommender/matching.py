@@ -7,7 +7,10 @@ planner's estimate, one EXPLAIN per filtered playlist):
   pgvector's iterative scans keep returning rows until the LIMIT is met). The graph of the
   target's nearer mode is searched first; the other one only when its tracks could still be among
   the k nearest (each is at least |target mode - its mode| away).
-- filters, by the cheapest of three plans (`plan_for`, on the planner's estimates):
+- filters, in the worker's in-memory copy of the catalogue ("memory", snapshot.py: one mask over
+  numpy columns, exact nearest from a k-d tree per mode partition) when it has a current one;
+  otherwise in the database, by the cheapest of three plans (`plan_for`, on the planner's
+  estimates):
   - "gist": the filtered GiST of each mode partition (catalogue.FILTERED_INDEXES) holds the other
     four features as a cube beside year and popularity, so a k-nearest search checks those
     filters and the valence floor in the index, and is exact: no walk past k / selectivity tracks
@@ -475,13 +478,18 @@ def build_playlist(
     diversity: float | None = None,
     min_valence=None,
     stats: dict | None = None,
+    memory=None,
 ) -> list[Track]:
     """One track per target row, chosen by maximal marginal relevance under the playlist rules:
     no track or song (same name + first artist) twice, no artist twice in a row.
 
-    `stats`, when given, is filled with how the candidates were found: `plan` ("index" or "set"),
-    `estimated_rows` (filtered playlists), `queries` (candidate queries sent) and `exact_scans`
-    (those among them that scanned without the vector index)."""
+    `memory` (a snapshot.CatalogueSnapshot of the catalogue as it is) ranks a filtered playlist's
+    candidates in this process, exactly, instead of in the database.
+
+    `stats`, when given, is filled with how the candidates were found: `plan` ("index", "set",
+    "gist" or "memory"), `estimated_rows` (filtered playlists in the database), `queries`
+    (candidate queries sent) and `exact_scans` (those among them that scanned without the vector
+    index)."""
     filters = filters or Filters()
     stats = {} if stats is None else stats
     stats.update(plan="index", queries=0, exact_scans=0)
@@ -494,9 +502,11 @@ def build_playlist(
     distinct = {pool_key(t, mv) for t, mv in zip(targets, min_valence, strict=True)}
     k = max(cfg["min_candidates"], cfg["candidates_per_track"] * (n if len(distinct) == 1 else 3))
     where, params = filter_sql(filters)
-    whole: TrackSet | None = None
+    whole = None  # the whole filtered catalogue, ranked here: a TrackSet or a snapshot.FilteredView
     gist = False  # candidates from the filtered GiST (exact) rather than the HNSW graphs
-    if where:
+    if where and memory is not None:
+        whole, stats["plan"] = memory.view(filters, exclude), "memory"
+    elif where:
         rows = estimated_rows(conn, where, params)
         total, ready = catalogue_size(conn)
         total = max(total, rows)

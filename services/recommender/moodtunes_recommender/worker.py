@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moodtunes import jobs, live, observability
+from moodtunes.config import get_settings
 from moodtunes.db import TRANSIENT_ERRORS, connection, retry_transient
 from moodtunes.events import EmotionDetected, drive_of, filters_of, from_json, options_from_row
 from moodtunes.queue import RECOMMEND_TASK, make_celery
 from moodtunes.results import GroupMood, Recommendation
-from moodtunes_recommender import mapping, matching
+from moodtunes_recommender import mapping, matching, snapshot
 
 log = logging.getLogger("moodtunes.recommender")
 app = make_celery("moodtunes-recommender")
@@ -81,6 +82,19 @@ def group_mood(event: EmotionDetected) -> GroupMood | None:
     return GroupMood(faces=g.faces, weights=[round(w, 6) for w in g.weights], spread=round(g.spread, 6))
 
 
+_snapshots: list[snapshot.SnapshotCache] = []  # this process's, made after the fork
+
+
+def catalogue_copy(conn, filters) -> snapshot.CatalogueSnapshot | None:
+    """This process's in-memory copy of the catalogue for a filtered playlist, when it is current
+    (None: no filters, too large a catalogue, or a load under way: the database's plans serve)."""
+    if not matching.filter_sql(filters)[0]:
+        return None
+    if not _snapshots:
+        _snapshots.append(snapshot.SnapshotCache(get_settings().playlist_memory_max_tracks, connection))
+    return _snapshots[0].current(conn)
+
+
 def build_recommendation(conn, event: EmotionDetected, options, probs, listener: Listener) -> Recommendation:
     """The playlist for `probs` under the job's options, the listener's likes and dislikes."""
     mode, n = options.mode, options.limit
@@ -88,7 +102,13 @@ def build_recommendation(conn, event: EmotionDetected, options, probs, listener:
     diversity = options.diversity if options.HasField("diversity") else None
     targets = listener.pulled(mapping.targets(probs, mode, n))
     tracks = matching.build_playlist(
-        conn, targets, filters, listener.disliked, diversity, mapping.min_valence(mode, n)
+        conn,
+        targets,
+        filters,
+        listener.disliked,
+        diversity,
+        mapping.min_valence(mode, n),
+        memory=catalogue_copy(conn, filters),
     )
     goal = listener.pulled(mapping.target(probs, mode)[None, :])[0]
     features = mapping.features()
