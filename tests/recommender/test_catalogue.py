@@ -79,6 +79,33 @@ def test_upsert_is_idempotent_and_updates(database, tmp_path):
     assert catalogue.count_tracks() == n
 
 
+def maintenance_times() -> tuple:
+    with connection() as conn:
+        row = conn.execute(
+            "SELECT last_vacuum, last_analyze FROM pg_stat_user_tables WHERE relname = 'tracks'"
+        ).fetchone()
+    return row["last_vacuum"], row["last_analyze"]
+
+
+def test_a_load_vacuums_and_analyzes_the_table_itself(database, postgres, tmp_path):
+    """Not left to autovacuum's first round, which would land on the first traffic; a load that
+    changes nothing (every row rejected) costs no VACUUM. As the owner, who loads catalogues
+    (VACUUM skips a table its caller does not own)."""
+    from moodtunes import db
+
+    no_name = ["t-x", "", "A", "0.5", "0.5", "0.5", "1", "1", "", "", ""]
+    vacuumed, analyzed = maintenance_times()
+    try:
+        catalogue.load_csv(write(tmp_path / "bad.csv", [no_name]), postgres.owner_url, progress=False)
+        assert maintenance_times() == (vacuumed, analyzed)
+        catalogue.load_csv(write(tmp_path / "c.csv", [GOOD]), postgres.owner_url, progress=False)
+    finally:
+        db.close_pools()  # no owner connection stays open
+    vacuumed_now, analyzed_now = maintenance_times()
+    assert vacuumed_now is not None and (vacuumed is None or vacuumed_now > vacuumed)
+    assert analyzed_now is not None and (analyzed is None or analyzed_now > analyzed)
+
+
 def test_missing_required_column_is_an_error(database, tmp_path):
     path = write(tmp_path / "e.csv", [["x", "y"]], header=["track_id", "name"])
     with pytest.raises(ValueError, match="missing required columns"):
