@@ -39,7 +39,7 @@ OUT = Path("reports/bench_pipeline.json")
 CONCURRENCY = (1, 4, 16)
 FLOOR_JOBS = 60  # single-threaded floor iterations (after WARMUP)
 WARMUP = 5
-THREADS = (1, 2, 4)
+THREADS = (1, 2, 4, 8)
 MODEL_CALLS = 200
 JOBS_PER_LEVEL = 60  # pipeline jobs per concurrency level (at least 4 per client)
 LONG_POLL_S = 20  # `GET /v1/jobs/{id}?wait=`: one request per job, answered when it finishes (no
