@@ -38,7 +38,8 @@ def temp_stack(
     # not under pytest's or the user's temp root: PostgreSQL runs as another user when we are root
     var = Path(tempfile.mkdtemp(prefix="moodtunes-bench-", dir="/tmp"))
     var.chmod(0o755)
-    ports = {name: localstack.free_port() for name in ("GATEWAY", "MODEL_SERVER", "POSTGRES", "REDIS")}
+    names = ("GATEWAY", "MODEL_SERVER", "POSTGRES", "REDIS")
+    ports = dict(zip(names, localstack.free_ports(len(names)), strict=True))
     saved = dict(os.environ)
     os.environ.update({f"MOODTUNES_{k}_PORT": str(v) for k, v in ports.items()})
     os.environ.update(

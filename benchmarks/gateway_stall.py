@@ -339,10 +339,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
-    from moodtunes_cli.localstack import Postgres, Redis, free_port, wait_for_port
+    from moodtunes_cli.localstack import Postgres, Redis, free_ports, wait_for_port
 
     work = Path(tempfile.mkdtemp(prefix="gateway_stall_"))
-    pg, redis = Postgres(work / "postgres", free_port()), Redis(work / "redis", free_port())
+    postgres_port, redis_port, gateway_port = free_ports(3)
+    pg, redis = Postgres(work / "postgres", postgres_port), Redis(work / "redis", redis_port)
     gateway = None
     try:
         log(f"starting PostgreSQL and Redis under {work} ...")
@@ -357,7 +358,7 @@ def main() -> None:
         limit = Settings().max_upload_bytes
         tmp = work / "gateway-tmp"
         tmp.mkdir()
-        port = free_port()
+        port = gateway_port
         env = {
             **os.environ,
             "DATABASE_URL": pg.app_url,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.server
 import shlex
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +19,15 @@ import yaml
 
 from moodtunes.config import REPO_ROOT
 from moodtunes_cli import localstack
-from moodtunes_cli.localstack import HOST, Process, free_port, prometheus_config, service_processes
+from moodtunes_cli.localstack import (
+    HOST,
+    Process,
+    free_port,
+    free_port_run,
+    free_ports,
+    prometheus_config,
+    service_processes,
+)
 from moodtunes_cli.supervision import program_section
 
 ALERTS = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -145,31 +152,18 @@ class _Metrics(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _port_pair() -> int:
-    """A free port whose next one is free too (two copies of a worker)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind((HOST, port + 1))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no two free ports in a row")
-
-
 @pytest.fixture
 def metrics_servers():
     """Stand-ins for every process's metrics endpoint: the local stack's ports with two FER copies."""
     servers = []
-    fer = _port_pair()
+    fer = free_port_run(2)
+    model_server, recommender, reconciler, gateway = free_ports(4, avoid=(fer, fer + 1))
     ports = {
-        "model-server": free_port(),
+        "model-server": model_server,
         "fer-worker": fer,
-        "recommender": free_port(),
-        "reconciler": free_port(),
+        "recommender": recommender,
+        "reconciler": reconciler,
     }
-    gateway = free_port()
     procs = service_processes(Path("/x"), {}, gateway_port=gateway, fer_workers=2, metrics_ports=ports)
     for p in procs:
         path = "/monitoring/prometheus/metrics" if p.name == "model-server" else "/metrics"

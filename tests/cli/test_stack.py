@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from moodtunes_cli import localstack
-from moodtunes_cli.localstack import APP_ROLE, Postgres, Process, free_port
+from moodtunes_cli.localstack import APP_ROLE, Postgres, Process, free_port, free_ports
 from moodtunes_cli.supervision import Supervisor
 
 PORT_SETTINGS = [
@@ -42,7 +42,10 @@ def stack_up(var: Path, **env: str) -> subprocess.CompletedProcess:
         for k, v in os.environ.items()
         if not k.startswith("MOODTUNES_") and k not in ("DATABASE_URL", "DATABASE_OWNER_URL", "REDIS_URL")
     }
-    others = {name: str(free_port()) for name in OTHER_PORT_SETTINGS}
+    given = [int(v) for k, v in env.items() if k.endswith("_PORT") and v.isdigit()]
+    others = dict(
+        zip(OTHER_PORT_SETTINGS, map(str, free_ports(len(OTHER_PORT_SETTINGS), avoid=given)), strict=True)
+    )
     return subprocess.run(
         [sys.executable, "-m", "moodtunes_cli.cli", "stack", "up"],
         env={**base, "MOODTUNES_VAR": str(var), **others, **env},
@@ -65,7 +68,13 @@ def started_anything(var: Path) -> list[Path]:
     "held_setting", [*PORT_SETTINGS, "MOODTUNES_FER_METRICS_PORT", "MOODTUNES_FLOWER_PORT"]
 )
 def test_a_taken_port_is_named_and_nothing_starts(tmp_path, held_setting):
-    ports = {name: free_port() for name in [*PORT_SETTINGS, *OTHER_PORT_SETTINGS]}
+    ports = dict(
+        zip(
+            [*PORT_SETTINGS, *OTHER_PORT_SETTINGS],
+            free_ports(len(PORT_SETTINGS) + len(OTHER_PORT_SETTINGS)),
+            strict=True,
+        )
+    )
     var = tmp_path / "var"
     with socket.socket() as holder:  # someone else's server on that port
         holder.bind(("127.0.0.1", ports[held_setting]))
@@ -82,7 +91,7 @@ def test_a_taken_port_is_named_and_nothing_starts(tmp_path, held_setting):
 
 
 def test_every_taken_port_is_named_at_once(tmp_path):
-    ports = {name: free_port() for name in PORT_SETTINGS}
+    ports = dict(zip(PORT_SETTINGS, free_ports(len(PORT_SETTINGS)), strict=True))
     holders = []
     try:
         for setting in ("MOODTUNES_GATEWAY_PORT", "MOODTUNES_REDIS_PORT"):
@@ -101,7 +110,7 @@ def test_every_taken_port_is_named_at_once(tmp_path):
 
 def test_servers_given_by_url_need_no_embedded_port(tmp_path):
     """With DATABASE_URL and REDIS_URL set, the embedded servers' ports are not even checked."""
-    ports = {name: free_port() for name in PORT_SETTINGS}
+    ports = dict(zip(PORT_SETTINGS, free_ports(len(PORT_SETTINGS)), strict=True))
     with socket.socket() as pg, socket.socket() as gw:
         pg.bind(("127.0.0.1", ports["MOODTUNES_POSTGRES_PORT"]))
         pg.listen()
@@ -118,13 +127,13 @@ def test_servers_given_by_url_need_no_embedded_port(tmp_path):
 
 
 def test_two_services_on_one_port(tmp_path):
-    port = free_port()
+    port, postgres_port, redis_port = free_ports(3)
     run = stack_up(
         tmp_path / "var",
         MOODTUNES_GATEWAY_PORT=str(port),
         MOODTUNES_MODEL_SERVER_PORT=str(port),
-        MOODTUNES_POSTGRES_PORT=str(free_port()),
-        MOODTUNES_REDIS_PORT=str(free_port()),
+        MOODTUNES_POSTGRES_PORT=str(postgres_port),
+        MOODTUNES_REDIS_PORT=str(redis_port),
     )
     assert run.returncode == 1
     assert f"port {port} is set for both" in run.stderr and "MOODTUNES_MODEL_SERVER_PORT" in run.stderr
@@ -146,7 +155,7 @@ def _up_failing(var: Path, database: str, postgres, fake: list[Process], monkeyp
     monkeypatch.setenv("DATABASE_URL", database)
     monkeypatch.setenv("DATABASE_OWNER_URL", postgres.owner_url)
     monkeypatch.setenv("MOODTUNES_REDIS_PORT", str(redis_port))
-    monkeypatch.setenv("MOODTUNES_GATEWAY_PORT", str(free_port()))
+    monkeypatch.setenv("MOODTUNES_GATEWAY_PORT", str(free_ports(1, avoid=[redis_port])[0]))
     with pytest.raises(localstack.StackError) as failed:
         localstack.up(var)
     return str(failed.value)

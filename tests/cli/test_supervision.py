@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from moodtunes.config import REPO_ROOT
-from moodtunes_cli.localstack import APP_ROLE, Postgres, free_port, prometheus_binary
+from moodtunes_cli.localstack import APP_ROLE, Postgres, free_port_run, free_ports, prometheus_binary
 from moodtunes_cli.supervision import Supervisor
 
 pytestmark = pytest.mark.integration
@@ -82,8 +82,11 @@ def stack(servers_root, catalogue_sample):
     if not any(p.name.isdigit() for p in (REPO_ROOT / "models" / "fer_vgg16").glob("*")):
         pytest.fail("no exported model under models/fer_vgg16/: run `moodtunes fer export`")
     var = servers_root / "supervised" / "var"  # outside pytest's 0700 root: see servers_root
-    env = {f"MOODTUNES_{name}": str(free_port()) for name in (*PORT_SETTINGS, *OTHER_PORTS)}
-    env["MOODTUNES_FER_METRICS_PORT"] = str(free_run(3))
+    fer_metrics = free_port_run(3)
+    names = (*PORT_SETTINGS, *OTHER_PORTS)
+    ports = free_ports(len(names), avoid=range(fer_metrics, fer_metrics + 3))
+    env = {f"MOODTUNES_{name}": str(port) for name, port in zip(names, ports, strict=True)}
+    env["MOODTUNES_FER_METRICS_PORT"] = str(fer_metrics)
     env.update(MOODTUNES_FER_WORKERS="2", CATALOGUE_PATH=str(catalogue_sample))
     t0 = time.monotonic()
     run = moodtunes(var, "stack", "up", **env)
@@ -97,24 +100,6 @@ def stack(servers_root, catalogue_sample):
         moodtunes(var, "stack", "down", timeout=300)
         if RESTARTS:
             print("\nrestart after SIGKILL (s): " + json.dumps(RESTARTS, indent=1))
-
-
-def free_run(n: int) -> int:
-    """The first of N free ports in a row (the copies of a worker)."""
-    for _ in range(100):
-        first = free_port()
-        if all(port_free(first + i) for i in range(1, n)):
-            return first
-    raise RuntimeError(f"no {n} free ports in a row")
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def gone(pid: int) -> bool:

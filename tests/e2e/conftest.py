@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from moodtunes.config import REPO_ROOT
-from moodtunes_cli.localstack import free_port, service_processes, wait_ready
+from moodtunes_cli.localstack import free_ports, service_processes, wait_ready
 
 MODELS_DIR = REPO_ROOT / "models"
 
@@ -23,8 +23,8 @@ def stack(database, redis_server, tmp_path_factory):
         "MODELS_DIR": str(MODELS_DIR),
         "JOB_TIMEOUT_S": "180",
     }
-    gateway_port = free_port()
-    procs = service_processes(run_dir, env, model_port=free_port(), gateway_port=gateway_port)
+    gateway_port, model_port = free_ports(2)
+    procs = service_processes(run_dir, env, model_port=model_port, gateway_port=gateway_port)
     for p in procs:
         p.start()
     base = f"http://127.0.0.1:{gateway_port}"

@@ -24,6 +24,7 @@ moodtunes.migrations.grant_app_role). Both passwords are generated once and kept
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -106,9 +107,44 @@ def stack_settings() -> StackSettings:
 
 
 def free_port() -> int:
+    """One port free now. For several at once use free_ports: two calls in a row can return the
+    same port, since the first socket is closed before the second asks."""
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
+
+
+def free_ports(count: int, avoid: Iterable[int] = ()) -> list[int]:
+    """COUNT distinct ports free now, none of them in AVOID. Every socket stays bound until all are
+    chosen, so the kernel cannot hand the same port out twice."""
+    avoid = set(avoid)
+    with contextlib.ExitStack() as held:
+        ports: list[int] = []
+        while len(ports) < count:
+            s = held.enter_context(socket.socket())
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+            if port not in avoid:  # a port in AVOID stays bound, so the next bind gets another
+                ports.append(port)
+        return ports
+
+
+def free_port_run(count: int, avoid: Iterable[int] = ()) -> int:
+    """The first of COUNT consecutive free ports, none in AVOID: a worker's copies take its metrics
+    port and the ones after it."""
+    avoid = set(avoid)
+    for _ in range(100):
+        first = free_port()
+        run = range(first, first + count)
+        if avoid.isdisjoint(run) and run[-1] < 65536:
+            with contextlib.ExitStack() as held:
+                try:
+                    for port in run:
+                        held.enter_context(socket.socket()).bind((HOST, port))
+                except OSError:
+                    continue
+                return first
+    raise RuntimeError(f"no {count} free ports in a row")
 
 
 def port_problem(port: int, host: str = HOST) -> str | None:
