@@ -53,3 +53,30 @@ def test_cpu_seconds_charges_a_programs_children_to_its_group(bench):
         for p in (parent, idle):
             p.kill()
             p.wait()
+
+
+def test_the_pre_encoded_upload_is_the_photo_and_mode_as_a_form(bench, face_jpeg):
+    """The body encoded once and sent by every job parses back (as the gateway parses it) into the
+    photo, byte for byte, and the benchmark's mode."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    async def echo(request):
+        form = await request.form()
+        image = form["image"]
+        data = await image.read()
+        return JSONResponse(
+            {
+                "filename": image.filename,
+                "type": image.content_type,
+                "same": data == face_jpeg,
+                "mode": form["mode"],
+            }
+        )
+
+    body, headers = bench.job_upload("http://testserver", face_jpeg)
+    with TestClient(Starlette(routes=[Route("/v1/jobs", echo, methods=["POST"])])) as client:
+        got = client.post("/v1/jobs", content=body, headers=headers).json()
+    assert got == {"filename": "face.jpg", "type": "image/jpeg", "same": True, "mode": bench.MODE}
