@@ -3,6 +3,7 @@ PostgreSQL's NOTIFY (migration 0007's trigger), not by re-reading the job in a l
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -88,3 +89,32 @@ def test_the_listener_comes_back_after_the_database_drops_its_connection(client,
     waiting.join(timeout=30)
     assert answer["r"].json()["status"] == "failed"
     assert time.monotonic() - when["t"] < 2.0
+
+
+def test_a_finished_job_is_read_once_and_a_waited_one_twice(client, face_jpeg, monkeypatch):
+    """With the listener up, a long poll reads its job once after it starts listening (a job already
+    final answers from that read) and once more when woken: no read before it listens."""
+    url = post(client, face_jpeg).json()["status_url"]
+    job_id = url.rsplit("/", 1)[1]
+    client.get(url, params={"wait": 0.2})  # the listener is up
+    reads = []
+    real_poll = jobs.poll
+    monkeypatch.setattr(jobs, "poll", lambda j: reads.append(j) or real_poll(j))
+    monkeypatch.setattr(finished, "RECHECK_S", 30.0)
+    finish_later(job_id, 0.5, lambda j: jobs.fail(j, "no_face", "no face found"))
+    assert client.get(url, params={"wait": 20}).json()["status"] == "failed"
+    assert reads == [job_id, job_id]
+    reads.clear()
+    assert client.get(url, params={"wait": 20}).json()["status"] == "failed"
+    assert reads == [job_id]
+
+
+def test_while_the_listener_reconnects_a_finished_job_answers_at_once(client, face_jpeg, monkeypatch):
+    url = post(client, face_jpeg).json()["status_url"]
+    jobs.fail(url.rsplit("/", 1)[1], "no_face", "no face found")
+    monkeypatch.setattr(finished, "READY_WAIT_S", 10.0)
+    monkeypatch.setattr(finished.FinishedJobs, "_start", lambda self: None)  # the listener never comes
+    monkeypatch.setattr(finished.finished_jobs, "_ready", asyncio.Event())
+    t0 = time.monotonic()
+    assert client.get(url, params={"wait": 20}).json()["status"] == "failed"
+    assert time.monotonic() - t0 < 2.0

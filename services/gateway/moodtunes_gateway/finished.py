@@ -96,17 +96,20 @@ class FinishedJobs:
 
     async def wait(self, job_id: str, timeout_s: float, read: Callable[[], dict]) -> dict:
         """`read()` (the job's row, run in a worker thread) once the job is final or `timeout_s`
-        has passed, whichever comes first."""
+        has passed, whichever comes first. With the listener up, a job already final costs one read."""
         self._start()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         with self._waiting(job_id) as event:
-            if not self._ready.is_set():  # listening before the row is read: no finish is missed
+            if not self._ready.is_set():  # (re)connecting: a finished (or unknown) job is answered
+                row = await run_in_threadpool(read)  # at once, else listen before reading again
+                if row["status"] in jobs.FINAL:
+                    return row
                 try:
                     await asyncio.wait_for(self._ready.wait(), min(READY_WAIT_S, timeout_s))
                 except TimeoutError:
                     pass
-            row = await run_in_threadpool(read)
+            row = await run_in_threadpool(read)  # registered first: no finish after it is missed
             while row["status"] not in jobs.FINAL and (left := deadline - loop.time()) > 0:
                 try:
                     await asyncio.wait_for(event.wait(), min(left, RECHECK_S))

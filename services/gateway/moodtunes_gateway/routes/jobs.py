@@ -280,10 +280,9 @@ async def get_job(
     def read() -> dict:
         return owned_row(jobs.poll, job_id, owner, job_not_found)
 
-    row = await run_in_threadpool(read)
-    if wait > 0 and row["status"] not in jobs.FINAL:
-        row = await finished.finished_jobs.wait(job_id, wait, read)
-    return job_view(row)
+    if wait > 0:  # reads the row itself once it listens, so a finished job answers at once
+        return job_view(await finished.finished_jobs.wait(job_id, wait, read))
+    return job_view(await run_in_threadpool(read))
 
 
 class FeedbackIn(BaseModel):
