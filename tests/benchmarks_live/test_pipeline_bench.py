@@ -80,3 +80,52 @@ def test_the_pre_encoded_upload_is_the_photo_and_mode_as_a_form(bench, face_jpeg
     with TestClient(Starlette(routes=[Route("/v1/jobs", echo, methods=["POST"])])) as client:
         got = client.post("/v1/jobs", content=body, headers=headers).json()
     assert got == {"filename": "face.jpg", "type": "image/jpeg", "same": True, "mode": bench.MODE}
+
+
+def test_a_job_client_sends_back_the_session_cookie_it_was_given(bench):
+    """The gateway shows a job to the session that made it: the client keeps the cookie its first
+    POST got and sends it with the long polls that follow."""
+    import http.server
+    import json
+    import threading
+
+    seen = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def answer(self, status: int, payload: dict, cookie: str | None = None) -> None:
+            body = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            if cookie:
+                self.send_header("set-cookie", f"{cookie}; Path=/; HttpOnly; SameSite=Lax")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["content-length"]))
+            seen.append(("POST", self.headers.get("cookie")))
+            self.answer(202, {"status_url": "/v1/jobs/j1"}, cookie="moodtunes_session=s1")
+
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("cookie")))
+            ok = self.headers.get("cookie") == "moodtunes_session=s1"
+            self.answer(
+                200 if ok else 404, {"status": "failed" if ok else "unknown", "error": {"code": "no_face"}}
+            )
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = bench.JobClient(f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        result = bench.one_job(client, (b"photo", {"content-type": "image/jpeg"}))
+        assert result == {"ok": False, "error": "no_face", "ms": result["ms"]}
+        assert seen == [("POST", None), (f"/v1/jobs/j1?wait={bench.LONG_POLL_S}", "moodtunes_session=s1")]
+    finally:
+        client.close()
+        server.shutdown()
