@@ -310,7 +310,9 @@ def recommend_messages(server) -> list[str]:
     messages = [json.loads(m) for m in raw]
     for m in messages:
         args, _, _ = json.loads(base64.b64decode(m["body"]))
-        assert from_json(args[0], EmotionDetected).job_id == m["headers"]["id"].split(":")[0]
+        job_id = from_json(args[0], EmotionDetected).job_id
+        assert job_id == m["headers"]["id"].split(":")[0]
+        assert m["headers"]["argsrepr"] == f"[job {job_id}]"  # what Flower shows for the task
     return [m["headers"]["id"] for m in messages]
 
 

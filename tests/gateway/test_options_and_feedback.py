@@ -83,6 +83,8 @@ def test_the_queued_work_item_carries_the_options(client, face_jpeg, redis_serve
     args, _, _ = json.loads(base64.b64decode(raw["body"]))
     message = from_json(args[0], FerJob)
     assert message.job_id == r.json()["id"]
+    # Flower and Celery's logs show the job, not the event's JSON (nor Celery's repr of it)
+    assert (raw["headers"]["argsrepr"], raw["headers"]["kwargsrepr"]) == (f"[job {message.job_id}]", "{}")
     assert message.options == job_options(
         mode="calm",
         limit=4,

@@ -138,6 +138,13 @@ def producer() -> Celery:
     return _producer
 
 
+def task_reprs(job_id: str) -> dict[str, str]:
+    """What Flower and Celery's logs show for a task's arguments: its job, not the event's JSON.
+    Given, Celery skips building its own bounded repr of the JSON argument (~0.2 ms of CPU per
+    publish, in the gateway and the FER worker)."""
+    return {"argsrepr": f"[job {job_id}]", "kwargsrepr": "{}"}
+
+
 def enqueue_fer(
     job_id: str, app: Celery | None = None, *, options=None, retry_policy: dict | None = None
 ) -> None:
@@ -151,6 +158,7 @@ def enqueue_fer(
         args=[to_json(FerJob(job_id=job_id, options=options))],
         task_id=job_id,
         queue=get_settings().fer_queue,
+        **task_reprs(job_id),
         **({"retry_policy": retry_policy} if retry_policy else {}),
     )
 
@@ -164,5 +172,6 @@ def enqueue_recommend(event, app: Celery | None = None, *, retry_policy: dict | 
         args=[to_json(event)],
         task_id=f"{event.job_id}:recommend",
         queue=get_settings().recommend_queue,
+        **task_reprs(event.job_id),
         retry_policy=retry_policy or outage_retry_policy(),
     )
