@@ -146,6 +146,30 @@ def test_claim_starts_detection_and_hands_over_the_photo(clean_jobs):
     assert jobs.get(job_id)["status"] == "detecting"
 
 
+def test_claim_hands_over_a_photo_byte_for_byte(clean_jobs):
+    """Every byte value survives the binary read (no text escaping in between)."""
+    photo = bytes(range(256)) * 300
+    job_id = jobs.new_job_id()
+    jobs.create(job_id, mode="match", limit=3, image=photo, image_type="image/jpeg", width=1, height=1)
+    assert jobs.claim(job_id) == {"attempts": 1, "image": photo}
+
+
+def test_photos_are_stored_uncompressed_out_of_line(clean_jobs):
+    """Uploads are compressed formats already: PostgreSQL does not try to compress them again (even
+    a photo that would compress is stored as it came, out of line)."""
+    job_id = jobs.new_job_id()
+    jobs.create(
+        job_id, mode="match", limit=3, image=b"\0" * 100_000, image_type="image/png", width=1, height=1
+    )
+    with db.connection() as conn:
+        row = conn.execute(
+            """SELECT pg_column_compression(content) AS compression, pg_column_size(content) AS size
+               FROM job_images WHERE job_id = %s""",
+            (job_id,),
+        ).fetchone()
+    assert row == {"compression": None, "size": 100_000}
+
+
 def test_claim_never_moves_a_job_backwards(clean_jobs):
     job_id = make_job()
     jobs.transition(job_id, jobs.UNFINISHED, jobs.RECOMMENDING, faces=[], chosen_face=0, model={})

@@ -220,7 +220,9 @@ _transition_retrying = retry_transient(_transition_own)
 def claim(job_id: str) -> dict[str, Any] | None:
     """Starts (or restarts, for a redelivered task) the FER stage: moves the job to `detecting`
     and returns its `attempts` and `image` (None when the photo is gone) in one statement.
-    None when the job is unknown or past the FER stage."""
+    None when the job is unknown or past the FER stage. The row comes back in binary: as text
+    PostgreSQL would hex-encode the photo and psycopg decode it again (0.46 -> 0.15 ms of CPU for
+    a 75 KB JPEG, both sides together)."""
     sql, params = _moved(job_id, CLAIMABLE, DETECTING, {}, returning="id, attempts")
     with connection() as conn:
         row = conn.execute(
@@ -228,6 +230,7 @@ def claim(job_id: str) -> dict[str, Any] | None:
             + """ SELECT moved.attempts, job_images.content AS image
                                      FROM moved LEFT JOIN job_images ON job_images.job_id = moved.id""",
             params,
+            binary=True,
         ).fetchone()
     if row and row["image"] is not None:
         row["image"] = bytes(row["image"])
