@@ -10,7 +10,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from moodtunes.images import ImageError, decode
+from moodtunes.images import ImageError, decode, inspect
 
 
 def encode(array, fmt="JPEG", **save) -> bytes:
@@ -311,3 +311,68 @@ def test_limits_are_settings(monkeypatch):
         monkeypatch.undo()
         get_settings.cache_clear()
     assert decode(blank_png(1001, 600)).image.size == (1001, 600)
+
+
+# The gateway's check (inspect: a JPEG decoded at 1/8 scale) against the worker's full decode: the
+# same answer for every file, so the gateway never accepts what the worker refuses, nor the reverse.
+
+
+def astronaut(fmt="JPEG", **save) -> bytes:
+    return encode(skimage.data.astronaut(), fmt, **save)
+
+
+def corrupted(data: bytes, at: float, length: int = 64) -> bytes:
+    """DATA with LENGTH bytes inside its compressed pixels overwritten with noise."""
+    i = int(len(data) * at)
+    noise = np.random.default_rng(i).integers(0, 256, length, dtype=np.uint8).tobytes()
+    return data[:i] + noise + data[i + length :]
+
+
+def mpo_on_its_side() -> bytes:
+    upright = np.zeros((60, 40, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    stored = Image.fromarray(np.rot90(upright).copy())
+    return saved(stored, "MPO", save_all=True, append_images=[stored], exif=exif.tobytes())
+
+
+SAME_ANSWER = {
+    "portrait stored sideways (EXIF 6)": portrait_stored_sideways,
+    "MPO turned a quarter (EXIF 8)": mpo_on_its_side,
+    "astronaut 512 px": astronaut,
+    "progressive JPEG": lambda: astronaut(progressive=True),
+    "odd size 13 x 7": lambda: encode(np.full((7, 13, 3), 90, np.uint8)),
+    "CMYK JPEG": lambda: saved(Image.new("CMYK", (33, 17), (0, 50, 100, 0)), "JPEG"),
+    "RGB PNG": lambda: astronaut("PNG"),
+    "16-bit TIFF with orientation": lambda: saved(
+        Image.fromarray(np.zeros((20, 30), np.uint16)), "TIFF", tiffinfo={0x0112: 6}
+    ),
+    "JPEG cut off half way": lambda: astronaut()[: len(astronaut()) // 2],
+    "JPEG cut off before its end marker": lambda: astronaut()[:-2],
+    "JPEG with noise in its pixels": lambda: corrupted(astronaut(), 0.5),
+    "JPEG with noise near its start": lambda: corrupted(astronaut(), 0.05),
+    "header only": lambda: astronaut()[:300],
+    "GIF": lambda: encode(np.zeros((8, 8), np.uint8), "GIF"),
+    "a strip": lambda: blank_png(5_100, 100),
+}
+
+
+def answer(check, data: bytes):
+    try:
+        result = check(data)
+    except ImageError as exc:
+        return ("refused", exc.code)
+    return ("accepted", result.content_type, result.width, result.height)
+
+
+@pytest.mark.parametrize("name", SAME_ANSWER)
+def test_the_gateways_check_answers_as_the_full_decode_does(name):
+    data = SAME_ANSWER[name]()
+    assert answer(inspect, data) == answer(decode, data)
+
+
+def test_the_check_refuses_a_cut_off_jpeg_and_gives_the_upright_size():
+    """Not only the same answer: a truncated photo is refused, and a sideways one is upright."""
+    assert answer(inspect, astronaut()[: len(astronaut()) // 2]) == ("refused", "invalid_image")
+    assert answer(inspect, portrait_stored_sideways()) == ("accepted", "image/jpeg", 40, 60)
+    assert answer(inspect, mpo_on_its_side()) == ("accepted", "image/jpeg", 40, 60)

@@ -1,11 +1,12 @@
 """Upload validation: the gateway rejects what the FER worker could never process, before a job
-exists, by decoding with the worker's own decoder (moodtunes.images)."""
+exists, with the worker's own decoder (moodtunes.images.inspect: the same checks, a JPEG decoded
+at 1/8 scale)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moodtunes.images import ImageError, decode
+from moodtunes.images import ImageError, inspect
 from moodtunes_gateway.errors import APIError
 
 STATUS_OF = {"unsupported_image_format": 415}  # every other image error is a 422
@@ -29,7 +30,7 @@ def check_image(data: bytes, max_bytes: int, max_pixels: int) -> CheckedImage:
             413, "file_too_large", f"The file is {len(data)} bytes; the limit is {max_bytes} bytes."
         )
     try:
-        decoded = decode(data, max_pixels)
+        info = inspect(data, max_pixels)
     except ImageError as exc:
         raise APIError(STATUS_OF.get(exc.code, 422), exc.code, exc.message) from exc
-    return CheckedImage(decoded.content_type, decoded.width, decoded.height)
+    return CheckedImage(info.content_type, info.width, info.height)
