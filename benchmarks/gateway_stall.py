@@ -342,7 +342,7 @@ def main() -> None:
     from moodtunes_cli.localstack import Postgres, Redis, free_ports, wait_for_port
 
     work = Path(tempfile.mkdtemp(prefix="gateway_stall_"))
-    postgres_port, redis_port, gateway_port = free_ports(3)
+    postgres_port, redis_port, port = free_ports(3)  # the last for the gateway
     pg, redis = Postgres(work / "postgres", postgres_port), Redis(work / "redis", redis_port)
     gateway = None
     try:
@@ -358,7 +358,6 @@ def main() -> None:
         limit = Settings().max_upload_bytes
         tmp = work / "gateway-tmp"
         tmp.mkdir()
-        port = gateway_port
         env = {
             **os.environ,
             "DATABASE_URL": pg.app_url,

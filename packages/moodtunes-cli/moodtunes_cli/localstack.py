@@ -109,9 +109,7 @@ def stack_settings() -> StackSettings:
 def free_port() -> int:
     """One port free now. For several at once use free_ports: two calls in a row can return the
     same port, since the first socket is closed before the second asks."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def free_ports(count: int, avoid: Iterable[int] = ()) -> list[int]:
