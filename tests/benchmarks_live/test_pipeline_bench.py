@@ -106,8 +106,8 @@ def test_a_job_client_sends_back_the_session_cookie_it_was_given(bench):
 
         def do_POST(self):
             self.rfile.read(int(self.headers["content-length"]))
-            seen.append(("POST", self.headers.get("cookie")))
-            self.answer(202, {"status_url": "/v1/jobs/j1"}, cookie="moodtunes_session=s1")
+            seen.append((self.path, self.headers.get("cookie")))
+            self.answer(202, {"status": "queued", "status_url": "/v1/jobs/j1"}, cookie="moodtunes_session=s1")
 
         def do_GET(self):
             seen.append((self.path, self.headers.get("cookie")))
@@ -125,7 +125,97 @@ def test_a_job_client_sends_back_the_session_cookie_it_was_given(bench):
     try:
         result = bench.one_job(client, (b"photo", {"content-type": "image/jpeg"}))
         assert result == {"ok": False, "error": "no_face", "ms": result["ms"]}
-        assert seen == [("POST", None), (f"/v1/jobs/j1?wait={bench.LONG_POLL_S}", "moodtunes_session=s1")]
+        assert seen == [
+            (f"/v1/jobs?wait={bench.LONG_POLL_S}", None),  # the POST waits first ...
+            (f"/v1/jobs/j1?wait={bench.LONG_POLL_S}", "moodtunes_session=s1"),  # ... then a long poll
+        ]
     finally:
         client.close()
         server.shutdown()
+
+
+def test_a_job_finished_within_the_posts_wait_is_one_request(bench):
+    """A gateway that answers the waiting POST with the finished job (200) gets no status request;
+    the job's own timestamps give its stage times."""
+    import http.server
+    import json
+    import threading
+
+    seen = []
+    done = {
+        "status": "done",
+        "created_at": "2026-12-06T10:00:00.000+00:00",
+        "started_at": "2026-12-06T10:00:00.010+00:00",
+        "finished_at": "2026-12-06T10:00:00.090+00:00",
+    }
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["content-length"]))
+            seen.append(self.path)
+            body = json.dumps(done).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = bench.JobClient(f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        result = bench.one_job(client, (b"photo", {"content-type": "image/jpeg"}))
+        assert result["ok"] and seen == [f"/v1/jobs?wait={bench.LONG_POLL_S}"]
+        assert result["stages"]["queued_ms"] == pytest.approx(10.0)
+        assert result["stages"]["server_total_ms"] == pytest.approx(90.0)
+    finally:
+        client.close()
+        server.shutdown()
+
+
+def test_each_client_of_the_closed_loop_has_one_job_in_flight_at_a_time(bench, monkeypatch):
+    """c clients, c threads: a client's next job starts when its last is done (a connection is
+    never shared by two requests), and the level runs exactly n jobs."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    in_flight: dict = {}
+    overlaps = []
+    lock = threading.Lock()
+
+    def fake_job(client, upload):
+        with lock:
+            in_flight[client] = in_flight.get(client, 0) + 1
+            overlaps.append(in_flight[client] > 1)
+        time.sleep(0.002)
+        with lock:
+            in_flight[client] -= 1
+        return {"ok": True, "ms": 2.0, "stages": {}}
+
+    monkeypatch.setattr(bench, "one_job", fake_job)
+    clients = [f"client-{i}" for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        jobs = [
+            j for part in pool.map(bench.closed_loop(37, None, time.perf_counter()), clients) for j in part
+        ]
+    assert len(jobs) == 37 and not any(overlaps)
+    assert all(j["finished_s"] >= j["sent_s"] for j in jobs)
+
+
+def test_the_steady_rate_counts_only_while_every_client_is_busy(bench):
+    """2 clients; the window runs from the second job done (1.0 s) to the last job sent (3.0 s):
+    the jobs done at 2.0 and 3.0 s count, the one done later (the drain) does not."""
+    jobs = [
+        {"ok": True, "sent_s": 0.0, "finished_s": 0.5},
+        {"ok": True, "sent_s": 0.0, "finished_s": 1.0},
+        {"ok": True, "sent_s": 0.5, "finished_s": 2.0},
+        {"ok": True, "sent_s": 1.0, "finished_s": 3.0},
+        {"ok": True, "sent_s": 3.0, "finished_s": 9.0},
+    ]
+    assert bench.steady_rate(jobs, 2) == 1.0  # 2 jobs in 2 s
+    assert bench.steady_rate(jobs[:2], 2) is None  # no job done after every client's first

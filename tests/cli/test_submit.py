@@ -119,6 +119,8 @@ class RecordingGateway(BaseHTTPRequestHandler):
     carried (the Authorization header, the cookie)."""
 
     seen: list = []
+    paths: list = []
+    finish_waited_posts = False  # answer a POST with ?wait= as a gateway whose job finished in it
 
     def _json(self, status: int, body: dict, cookie: str | None = None) -> None:
         data = json.dumps(body).encode()
@@ -132,10 +134,14 @@ class RecordingGateway(BaseHTTPRequestHandler):
 
     def _record(self) -> None:
         self.seen.append((self.command, self.headers.get("Authorization"), self.headers.get("Cookie")))
+        self.paths.append(self.path)
 
     def do_POST(self):
         self.rfile.read(int(self.headers["Content-Length"]))
         self._record()
+        if self.finish_waited_posts and "wait=" in self.path:
+            self._json(200, {"id": "j1", "status": "failed", "error": {"code": "no_face", "message": "none"}})
+            return
         self._json(
             202,
             {"id": "j1", "status": "queued", "status_url": "/v1/jobs/j1"},
@@ -152,7 +158,7 @@ class RecordingGateway(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def recording_gateway():
-    RecordingGateway.seen = []
+    RecordingGateway.seen, RecordingGateway.paths, RecordingGateway.finish_waited_posts = [], [], False
     server = ThreadingHTTPServer(("127.0.0.1", 0), RecordingGateway)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
@@ -178,6 +184,23 @@ def test_submit_without_a_key_keeps_the_session_cookie_while_it_polls(photo, rec
     run = moodtunes("submit", str(photo), "--wait", "--url", url)
     assert run.returncode == 1 and "no_face" in run.stdout
     assert seen == [("POST", None, None), ("GET", None, "moodtunes_session=signed-by-the-gateway")]
+
+
+def test_submit_wait_is_one_request_when_the_job_finishes_within_the_posts_own_wait(photo, recording_gateway):
+    url, seen = recording_gateway
+    RecordingGateway.finish_waited_posts = True
+    run = moodtunes("submit", str(photo), "--wait", "--url", url)
+    assert run.returncode == 1 and "no_face" in run.stdout
+    assert seen == [("POST", None, None)]  # no status request
+    assert RecordingGateway.paths == ["/v1/jobs?wait=2.0"]
+
+
+def test_submit_without_wait_does_not_ask_the_post_to_wait(photo, recording_gateway):
+    url, seen = recording_gateway
+    RecordingGateway.finish_waited_posts = True
+    run = moodtunes("submit", str(photo), "--url", url)
+    assert run.returncode == 0 and "j1 queued" in run.stdout
+    assert RecordingGateway.paths == ["/v1/jobs"]
 
 
 @pytest.fixture

@@ -94,12 +94,14 @@ def submit(
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         with httpx.Client(base_url=url, timeout=30, headers=headers) as client:
+            # with --wait the POST itself waits a first LONG_POLL_S: a quick job is one request (200)
             r = client.post(
                 "/v1/jobs",
                 files={"image": (photo.name, photo.read_bytes())},
                 data={"mode": mode, "limit": str(limit), "drive": drive},
+                params={"wait": LONG_POLL_S} if wait else None,
             )
-            if r.status_code != 202:
+            if r.status_code not in (200, 202):
                 fail(f"rejected ({r.status_code}): {_error_text(r)}")
             job = r.json()
             if not wait:
@@ -110,7 +112,7 @@ def submit(
                 )
                 return
             deadline, status = time.monotonic() + timeout, None
-            while (left := deadline - time.monotonic()) > 0:
+            while job["status"] not in TERMINAL and (left := deadline - time.monotonic()) > 0:
                 asked = time.monotonic()
                 # a long poll: the gateway answers when the job finishes, else with its status
                 wait_s = round(min(LONG_POLL_S, left), 1)

@@ -1,4 +1,5 @@
-"""Long polling: `GET /v1/jobs/{id}?wait=S` answers when the job finishes, or after S seconds.
+"""Long polling: `GET /v1/jobs/{id}?wait=S` (and `POST /v1/jobs?wait=S`) answers when the job
+finishes, or after S seconds.
 
 A waiting request is woken by PostgreSQL's NOTIFY on `jobs.FINISHED_CHANNEL` (a trigger on the
 jobs table, migration 0007, fires at the commit of whichever process finished the job), through
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import psycopg
 from starlette.concurrency import run_in_threadpool
@@ -94,30 +95,49 @@ class FinishedJobs:
                 if not events:
                     del self._waiters[job_id]
 
-    async def wait(self, job_id: str, timeout_s: float, read: Callable[[], dict]) -> dict:
+    @contextmanager
+    def listening(self, job_id: str) -> Iterator[asyncio.Event]:
+        """A waiter registered before its job is queued (`POST /v1/jobs?wait=`): every finish comes
+        after it, and a listener that (re)connects wakes it, so `wait(..., listening=event)` reads
+        the job only once woken (or every RECHECK_S), never before."""
+        self._start()
+        with self._waiting(job_id) as event:
+            yield event
+
+    async def wait(
+        self,
+        job_id: str,
+        timeout_s: float,
+        read: Callable[[], dict],
+        listening: asyncio.Event | None = None,
+    ) -> dict:
         """`read()` (the job's row, run in a worker thread) once the job is final or `timeout_s`
-        has passed, whichever comes first. With the listener up, a job already final costs one read."""
+        has passed, whichever comes first. With the listener up, a job already final costs one read.
+        `listening`: the caller's waiter from `listening(job_id)`, registered before the job could
+        finish; its first read waits for a wake-up."""
         self._start()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        with self._waiting(job_id) as event:
-            if not self._ready.is_set():  # (re)connecting: a finished (or unknown) job is answered
-                row = await run_in_threadpool(read)  # at once, else listen before reading again
-                if row["status"] in jobs.FINAL:
-                    return row
-                try:
-                    await asyncio.wait_for(self._ready.wait(), min(READY_WAIT_S, timeout_s))
-                except TimeoutError:
-                    pass
-            row = await run_in_threadpool(read)  # registered first: no finish after it is missed
-            while row["status"] not in jobs.FINAL and (left := deadline - loop.time()) > 0:
+        row = None
+        with self._waiting(job_id) if listening is None else nullcontext(listening) as event:
+            if listening is None:
+                if not self._ready.is_set():  # (re)connecting: a finished (or unknown) job is
+                    row = await run_in_threadpool(read)  # answered at once, else listen first
+                    if row["status"] in jobs.FINAL:
+                        return row
+                    try:
+                        await asyncio.wait_for(self._ready.wait(), min(READY_WAIT_S, timeout_s))
+                    except TimeoutError:
+                        pass
+                row = await run_in_threadpool(read)  # registered first: no finish after it is missed
+            while (row is None or row["status"] not in jobs.FINAL) and (left := deadline - loop.time()) > 0:
                 try:
                     await asyncio.wait_for(event.wait(), min(left, RECHECK_S))
                 except TimeoutError:
                     pass
                 event.clear()
                 row = await run_in_threadpool(read)
-        return row
+        return row if row is not None else await run_in_threadpool(read)
 
 
 finished_jobs = FinishedJobs()

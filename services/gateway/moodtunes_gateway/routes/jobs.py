@@ -73,6 +73,7 @@ def decode_slots() -> threading.BoundedSemaphore:
     status_code=202,
     response_model=JobAccepted,
     responses={
+        200: {"model": Job, "description": "with `wait`: the job finished within it (done or failed)"},
         401: UNAUTHORIZED,
         413: {"description": "file too large"},
         415: {"description": "unsupported format"},
@@ -81,7 +82,7 @@ def decode_slots() -> threading.BoundedSemaphore:
         503: BUSY,
     },
 )
-def create_job(
+async def create_job(
     request: Request,
     response: Response,
     owner: Annotated[Owner, Depends(owner_or_new_session)],
@@ -103,19 +104,71 @@ def create_job(
             description="face: the largest face drives the music; group: every face, weighted by confidence"
         ),
     ] = DEFAULT_DRIVE,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=finished.MAX_WAIT_S,
+            description="Seconds to wait for the job to finish: if it does within them, the answer is "
+            "the finished job (200), as `GET /v1/jobs/{id}` would give it; else the usual 202. One "
+            "request instead of a submit and a long poll. 0 (the default) answers at once.",
+        ),
+    ] = 0.0,
 ):
     """A photo in, a queued job out (202). Without an API key or a session the caller gets a
-    session cookie here: send it back to poll the job and rate its tracks."""
+    session cookie here: send it back to poll the job and rate its tracks. With `wait`, a job that
+    finishes within it comes back whole (200)."""
+    job_id = jobs.new_job_id()
+    submit = functools.partial(
+        submit_job,
+        request,
+        response,
+        owner,
+        job_id,
+        image,
+        Mode(mode).value,
+        limit,
+        job_filters(year_min, year_max, genres, min_popularity, exclude_explicit),
+        diversity,
+        drive,
+    )
+    if wait <= 0:
+        return await run_in_threadpool(submit)
+    with finished.finished_jobs.listening(job_id) as woken:  # before the job is queued: no finish missed
+        accepted = await run_in_threadpool(submit)
+        try:
+            row = await finished.finished_jobs.wait(
+                job_id, wait, lambda: owned_row(jobs.poll, job_id, owner, job_not_found), listening=woken
+            )
+        except APIError as exc:  # the job is queued all the same: the client polls it as usual
+            log.warning("job %s: not waited for (%s); answered 202", job_id, exc.code)
+            return accepted
+    if row["status"] not in jobs.FINAL:
+        return accepted.model_copy(update={"status": row["status"]})
+    return finished_answer(row, response)
+
+
+def submit_job(
+    request: Request,
+    response: Response,
+    owner: Owner,
+    job_id: str,
+    image: UploadFile,
+    mode: str,
+    limit: int,
+    filters: Filters,
+    diversity: float | None,
+    drive: str,
+) -> JobAccepted:
+    """The blocking part of a POST, in a worker thread: the refusals, the photo's check, the job's
+    row and its message to the FER queue."""
     s = get_settings()
-    mode = Mode(mode).value
-    filters = job_filters(year_min, year_max, genres, min_popularity, exclude_explicit)
     # The cheap refusals first, before the photo is decoded or anything is written
     guards.check_rate("jobs", s.rate_limit_jobs, owner.limit_key)
     backends.use_gateway_pool()
     guards.check_unfinished(owner.key)
     request.app.state.queue_depth.check()
     data, checked = read_checked_image(image)
-    job_id = jobs.new_job_id()
     observability.bind_job_id(job_id)  # this request's log lines and span name the job from here on
     try:
         created = jobs.create(
@@ -152,6 +205,16 @@ def create_job(
     url = str(request.url_for("get_job", job_id=job_id).path)
     response.headers["Location"] = url
     return JobAccepted(id=job_id, status=created["status"], status_url=url, created_at=created["created_at"])
+
+
+def finished_answer(row: dict, response: Response) -> Response:
+    """A finished job as `GET /v1/jobs/{id}` gives it, with status 200 and the headers the POST set
+    (Location, a new session's cookie): a returned Response does not get them from `response`."""
+    answer = Response(
+        Job.model_validate(job_view(row)).model_dump_json(), status_code=200, media_type="application/json"
+    )
+    answer.raw_headers.extend(response.raw_headers)
+    return answer
 
 
 def read_checked_image(image: UploadFile):
