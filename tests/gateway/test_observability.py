@@ -97,3 +97,32 @@ def test_a_jobs_log_lines_are_json_and_carry_its_id(client, face_jpeg, json_line
     assert polling["job_id"] == job_id and polling["level"] == "WARNING"
     [outside] = [r for r in records if r["message"] == "outside any request"]
     assert "job_id" not in outside  # the request's job does not leak out of it
+
+
+def test_a_waiting_posts_lines_after_the_job_is_queued_carry_its_id(
+    client, face_jpeg, json_lines, monkeypatch
+):
+    """The job is named on the request's own context once queued, so what the waiting POST logs
+    next (its read of the job; the access log line) names it, as a GET's lines do."""
+    from moodtunes_gateway.routes import jobs as routes
+
+    real_enqueue, queued = routes.enqueue_fer, []
+
+    def enqueue_then_fail(job_id, *args, **kwargs):
+        real_enqueue(job_id, *args, **kwargs)
+        queued.append(job_id)
+        jobs.fail(job_id, "no_face", "no face found")
+
+    poll = jobs.poll
+
+    def logged_poll(asked: str):
+        logging.getLogger("moodtunes.jobs").warning("reading after the wait")
+        return poll(asked)
+
+    monkeypatch.setattr(routes, "enqueue_fer", enqueue_then_fail)
+    monkeypatch.setattr(jobs, "poll", logged_poll)
+    json_lines()
+    r = client.post("/v1/jobs", params={"wait": 5}, files={"image": ("a.jpg", face_jpeg)})
+    assert r.status_code == 200 and r.json()["status"] == "failed", r.text
+    [read] = [rec for rec in json_lines() if rec["message"] == "reading after the wait"]
+    assert read["job_id"] == queued[0]

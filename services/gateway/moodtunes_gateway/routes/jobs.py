@@ -133,9 +133,12 @@ async def create_job(
         drive,
     )
     if wait <= 0:
-        return await run_in_threadpool(submit)
+        accepted = await run_in_threadpool(submit)
+        observability.bind_job_id(job_id)  # from here on (the access log line too) on the loop
+        return accepted
     with finished.finished_jobs.listening(job_id) as woken:  # before the job is queued: no finish missed
         accepted = await run_in_threadpool(submit)
+        observability.bind_job_id(job_id)
         try:
             row = await finished.finished_jobs.wait(
                 job_id, wait, lambda: owned_row(jobs.poll, job_id, owner, job_not_found), listening=woken
