@@ -1,8 +1,12 @@
 """The pipeline benchmark's CPU accounting: the CPU time it charges to a program group is that of
 the group's processes and all their descendants (Celery's pool children, PostgreSQL's backends)."""
 
+import contextlib
+import http.server
+import json
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -82,28 +86,44 @@ def test_the_pre_encoded_upload_is_the_photo_and_mode_as_a_form(bench, face_jpeg
     assert got == {"filename": "face.jpg", "type": "image/jpeg", "same": True, "mode": bench.MODE}
 
 
+class FakeGateway(http.server.BaseHTTPRequestHandler):
+    """A stand-in gateway for the benchmark's client: subclasses answer POST/GET with `answer`."""
+
+    protocol_version = "HTTP/1.1"
+
+    def answer(self, status: int, payload: dict, cookie: str | None = None) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        if cookie:
+            self.send_header("set-cookie", f"{cookie}; Path=/; HttpOnly; SameSite=Lax")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def job_client_of(bench, handler: type[FakeGateway]):
+    """The benchmark's JobClient, talking to `handler` served on a free port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = bench.JobClient(f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        yield client
+    finally:
+        client.close()
+        server.shutdown()
+
+
 def test_a_job_client_sends_back_the_session_cookie_it_was_given(bench):
     """The gateway shows a job to the session that made it: the client keeps the cookie its first
     POST got and sends it with the long polls that follow."""
-    import http.server
-    import json
-    import threading
-
     seen = []
 
-    class Gateway(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def answer(self, status: int, payload: dict, cookie: str | None = None) -> None:
-            body = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            if cookie:
-                self.send_header("set-cookie", f"{cookie}; Path=/; HttpOnly; SameSite=Lax")
-            self.end_headers()
-            self.wfile.write(body)
-
+    class Gateway(FakeGateway):
         def do_POST(self):
             self.rfile.read(int(self.headers["content-length"]))
             seen.append((self.path, self.headers.get("cookie")))
@@ -116,31 +136,18 @@ def test_a_job_client_sends_back_the_session_cookie_it_was_given(bench):
                 200 if ok else 404, {"status": "failed" if ok else "unknown", "error": {"code": "no_face"}}
             )
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    client = bench.JobClient(f"http://127.0.0.1:{server.server_address[1]}")
-    try:
+    with job_client_of(bench, Gateway) as client:
         result = bench.one_job(client, (b"photo", {"content-type": "image/jpeg"}))
-        assert result == {"ok": False, "error": "no_face", "ms": result["ms"]}
-        assert seen == [
-            (f"/v1/jobs?wait={bench.LONG_POLL_S}", None),  # the POST waits first ...
-            (f"/v1/jobs/j1?wait={bench.LONG_POLL_S}", "moodtunes_session=s1"),  # ... then a long poll
-        ]
-    finally:
-        client.close()
-        server.shutdown()
+    assert result == {"ok": False, "error": "no_face", "ms": result["ms"]}
+    assert seen == [
+        (f"/v1/jobs?wait={bench.LONG_POLL_S}", None),  # the POST waits first ...
+        (f"/v1/jobs/j1?wait={bench.LONG_POLL_S}", "moodtunes_session=s1"),  # ... then a long poll
+    ]
 
 
 def test_a_job_finished_within_the_posts_wait_is_one_request(bench):
     """A gateway that answers the waiting POST with the finished job (200) gets no status request;
     the job's own timestamps give its stage times."""
-    import http.server
-    import json
-    import threading
-
     seen = []
     done = {
         "status": "done",
@@ -149,39 +156,22 @@ def test_a_job_finished_within_the_posts_wait_is_one_request(bench):
         "finished_at": "2026-12-06T10:00:00.090+00:00",
     }
 
-    class Gateway(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Gateway(FakeGateway):
         def do_POST(self):
             self.rfile.read(int(self.headers["content-length"]))
             seen.append(self.path)
-            body = json.dumps(done).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.answer(200, done)
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    client = bench.JobClient(f"http://127.0.0.1:{server.server_address[1]}")
-    try:
+    with job_client_of(bench, Gateway) as client:
         result = bench.one_job(client, (b"photo", {"content-type": "image/jpeg"}))
-        assert result["ok"] and seen == [f"/v1/jobs?wait={bench.LONG_POLL_S}"]
-        assert result["stages"]["queued_ms"] == pytest.approx(10.0)
-        assert result["stages"]["server_total_ms"] == pytest.approx(90.0)
-    finally:
-        client.close()
-        server.shutdown()
+    assert result["ok"] and seen == [f"/v1/jobs?wait={bench.LONG_POLL_S}"]
+    assert result["stages"]["queued_ms"] == pytest.approx(10.0)
+    assert result["stages"]["server_total_ms"] == pytest.approx(90.0)
 
 
 def test_each_client_of_the_closed_loop_has_one_job_in_flight_at_a_time(bench, monkeypatch):
     """c clients, c threads: a client's next job starts when its last is done (a connection is
     never shared by two requests), and the level runs exactly n jobs."""
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     in_flight: dict = {}

@@ -1,9 +1,10 @@
 """POST /v1/jobs and GET /v1/jobs/{id}: create, enqueue and poll emotion-to-music jobs.
 
-The handlers are plain `def`s: FastAPI runs them in its thread pool, because decoding a photo, the
-database and the Redis publish all block, and the event loop must stay free for every other request
-(/healthz keeps answering in milliseconds during large uploads: benchmarks/gateway_stall.py). Only
-the multipart parsing, which streams, runs on the loop.
+Decoding a photo, the database and the Redis publish all block, so they run in FastAPI's thread
+pool (plain `def` handlers, and `submit_job` for a POST), and the event loop stays free for every
+other request (/healthz keeps answering in milliseconds during large uploads:
+benchmarks/gateway_stall.py). Only the multipart parsing, which streams, and a POST's or GET's
+wait for its job run on the loop.
 
 A job and its feedback belong to their owner (moodtunes_gateway.identity); anyone else is told the
 job does not exist.
@@ -11,6 +12,7 @@ job does not exist.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -132,13 +134,12 @@ async def create_job(
         diversity,
         drive,
     )
-    if wait <= 0:
+    # a waiter listens from before the job is queued, so no finish is missed
+    with finished.finished_jobs.listening(job_id) if wait > 0 else contextlib.nullcontext() as woken:
         accepted = await run_in_threadpool(submit)
         observability.bind_job_id(job_id)  # from here on (the access log line too) on the loop
-        return accepted
-    with finished.finished_jobs.listening(job_id) as woken:  # before the job is queued: no finish missed
-        accepted = await run_in_threadpool(submit)
-        observability.bind_job_id(job_id)
+        if wait <= 0:
+            return accepted
         try:
             row = await finished.finished_jobs.wait(
                 job_id, wait, lambda: owned_row(jobs.poll, job_id, owner, job_not_found), listening=woken
