@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from moodtunes.db import connection
+from moodtunes.db import connection, statement
 
 PREFIX = "mt_"
 OWNER_PREFIX = "key:"  # jobs.client_key of a job made with a key
@@ -79,7 +79,7 @@ def verify(token: str) -> ApiKey | None:
     One statement: looks the key up by its hash and refreshes last_used_at now and then."""
     if not TOKEN.match(token):
         return None  # not one of ours: no database round trip
-    with connection() as conn:
+    with statement() as conn:
         row = conn.execute(
             f"""WITH found AS (SELECT {COLUMNS} FROM api_keys WHERE token_sha256 = %(digest)s),
                     touched AS (

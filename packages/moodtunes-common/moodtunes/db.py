@@ -9,6 +9,7 @@ from typing import ParamSpec, TypeVar
 
 import psycopg
 import tenacity
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -56,6 +57,35 @@ def connection(url: str | None = None) -> Iterator[psycopg.Connection]:
     """A pooled connection in a transaction: committed on success, rolled back on error."""
     with pool(url).connection() as conn:
         yield conn
+
+
+@contextmanager
+def statement(url: str | None = None) -> Iterator[psycopg.Connection]:
+    """A pooled connection in autocommit, for work that is one statement (a guarded transition, a
+    read): PostgreSQL runs the statement as its own transaction, so the BEGIN and COMMIT round trips
+    of `connection()` are not needed. That halves the cost of a one-statement transaction, client
+    and server together (~0.24 -> ~0.12 ms of CPU here; several run per job)."""
+    with pool(url).connection() as conn:
+        conn.autocommit = True
+        try:
+            yield conn
+        finally:
+            _back_in_transactions(conn)
+
+
+def _back_in_transactions(conn: psycopg.Connection) -> None:
+    """The connection goes back to the pool as `connection()` hands it out. Done here, not by a
+    pool `reset` callback: with one, psycopg_pool returns every connection from a background
+    thread, and the next request finds none free (a job took ~100 ms longer at concurrency 4)."""
+    try:
+        if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+            conn.rollback()
+        if conn.info.transaction_status == TransactionStatus.IDLE:
+            conn.autocommit = False
+            return
+    except psycopg.Error:
+        pass
+    conn.close()  # broken or busy: the pool drops it rather than hand out an autocommit connection
 
 
 def close_pools() -> None:

@@ -21,7 +21,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel
 
-from moodtunes.db import connection, retry_transient
+from moodtunes.db import connection, retry_transient, statement
 from moodtunes.group import DEFAULT_DRIVE
 from moodtunes.results import stored_json
 
@@ -66,11 +66,11 @@ def new_job_id() -> str:
 
 @contextmanager
 def _using(conn: psycopg.Connection | None) -> Iterator[psycopg.Connection]:
-    """The caller's connection (its transaction), or a pooled one committed on exit."""
+    """The caller's connection (its transaction), or a pooled one for one statement (autocommit)."""
     if conn is not None:
         yield conn
     else:
-        with connection() as own:
+        with statement() as own:
             yield own
 
 
@@ -138,7 +138,7 @@ def create(
 
 
 def _get(job_id: str) -> dict[str, Any] | None:
-    with connection() as conn:
+    with statement() as conn:
         return conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,)).fetchone()
 
 
@@ -151,7 +151,7 @@ def get(job_id: str, *, retry: bool = False) -> dict[str, Any] | None:
 
 
 def image(job_id: str) -> bytes | None:
-    with connection() as conn:
+    with statement() as conn:
         row = conn.execute("SELECT content FROM job_images WHERE job_id = %s", (job_id,)).fetchone()
     return bytes(row["content"]) if row else None
 
@@ -209,7 +209,7 @@ def _transition(conn, job_id, from_statuses, to_status, fields) -> bool:
 
 
 def _transition_own(job_id, from_statuses, to_status, fields) -> bool:
-    with connection() as conn:
+    with statement() as conn:
         return _transition(conn, job_id, from_statuses, to_status, fields)
 
 
@@ -224,7 +224,7 @@ def claim(job_id: str) -> dict[str, Any] | None:
     PostgreSQL would hex-encode the photo and psycopg decode it again (0.46 -> 0.15 ms of CPU for
     a 75 KB JPEG, both sides together)."""
     sql, params = _moved(job_id, CLAIMABLE, DETECTING, {}, returning="id, attempts")
-    with connection() as conn:
+    with statement() as conn:
         row = conn.execute(
             sql
             + """ SELECT moved.attempts, job_images.content AS image
@@ -246,7 +246,7 @@ def heartbeat(job_id: str, error: str | None = None) -> bool:
     """A worker still holds this unfinished job (e.g. waiting out a model-server outage): moves
     `updated_at` on, so the reconciler does not re-send it meanwhile, and keeps the error it is
     waiting on (`last_error`, quoted if the job is given up). Not retried: best effort."""
-    with connection() as conn:
+    with statement() as conn:
         row = conn.execute(
             """UPDATE jobs SET updated_at = now(), last_error = coalesce(%s, last_error)
                WHERE id = %s AND status = ANY(%s) RETURNING id""",
@@ -329,7 +329,7 @@ def status_counts(window_s: float = 3600.0) -> tuple[dict[str, int], dict[tuple[
 
 def count_unfinished(client_key: str) -> int:
     """How many of one client's jobs are not finished (the partial index jobs_unfinished_by_client)."""
-    with connection() as conn:
+    with statement() as conn:
         return conn.execute(
             f"SELECT count(*) AS n FROM jobs WHERE client_key = %s AND status NOT IN {FINAL_SQL}",
             (client_key,),
