@@ -12,10 +12,12 @@ server, and the whole event-driven pipeline (HTTP -> queue -> FER worker -> even
     client p50/p95/p99, errors; per-stage times from the job's own timestamps; and, on a stack it
     started itself, the CPU time each program (gateway, workers, model server, PostgreSQL, Redis,
     ...) spent per job at each level, read from /proc: the basis of deploy/README.md's capacity
-    table.
+    table;
+(d) the ratio: PAIRED_ROUNDS rounds of one floor run (its best thread count) and one pipeline run
+    (the highest concurrency), taken in turn, so the machine's drift weighs on both alike.
 Writes reports/bench_pipeline.json and .png; the last printed line is one JSON object with
-`throughput_ratio` (pipeline / floor throughput at the highest concurrency) and `overhead_ms`
-(median single job time minus the single-threaded floor).
+`throughput_ratio` (pipeline / floor throughput at the highest concurrency, from (d)) and
+`overhead_ms` (median single job time minus the single-threaded floor).
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ LONG_POLL_S = 20  # `POST /v1/jobs?wait=`: one request per job, answered with th
 # the two cores the pipeline runs on: before long polls, a 5 ms poll loop cost the gateway ~36 ms of
 # CPU per job; a POST and a long poll cost the gateway ~1.5-2 ms and the client ~1 ms more than the
 # one waiting POST (README, runs 4 and 5).
+PAIRED_ROUNDS = 4  # the ratio: runs of the floor (best threads) and the pipeline (top concurrency) taken
+PAIRED_JOBS = 240  # in turn, this many jobs each, so that the machine's drift over a run (its speed moved
+# by up to 8% within minutes here) weighs on both sides alike instead of on whichever ran later
 MODE, LIMIT = "match", 10
 # a load test is not abuse: lift the per-client limits and the queue bound for the benchmark's stack
 LOAD_TEST_ENV = {"RATE_LIMIT_JOBS": "100000/minute", "MAX_UNFINISHED_JOBS_PER_CLIENT": "0"}
@@ -365,6 +370,98 @@ def measure_pipeline(url: str, photo: bytes, levels, cpu_probe=None) -> list[dic
     return results
 
 
+# --- the ratio, from paired runs --------------------------------------------------------------------
+
+
+class FloorRuns:
+    """Timed floor runs on one pool of `threads` threads, made and warmed once: every run finds
+    each thread's model-server channel and database connection ready."""
+
+    def __init__(self, floor: Floor, photo: bytes, threads: int):
+        self.floor, self.photo = floor, photo
+        self.pool = ThreadPoolExecutor(threads)
+        list(self.pool.map(lambda _: floor.run(photo), range(threads * WARMUP)))
+
+    def __call__(self, jobs: int = PAIRED_JOBS) -> tuple[int, float]:
+        t0 = time.perf_counter()
+        list(self.pool.map(lambda _: self.floor.run(self.photo), range(jobs)))
+        return jobs, time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+class PipelineRuns:
+    """Timed closed-loop runs by the same `clients` clients, each warmed once (its connection and
+    session), as measure_pipeline's are."""
+
+    def __init__(self, url: str, upload, clients: int):
+        self.upload = upload
+        self.clients = [JobClient(url) for _ in range(clients)]
+        for client in self.clients:
+            one_job(client, upload)
+
+    def __call__(self, jobs: int = PAIRED_JOBS) -> tuple[int, float]:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(len(self.clients)) as pool:
+            done = [j for part in pool.map(closed_loop(jobs, self.upload, t0), self.clients) for j in part]
+        return sum(j["ok"] for j in done), time.perf_counter() - t0
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
+def paired_ratio(run_floor, run_pipeline, rounds: int = PAIRED_ROUNDS, cpu_probe=None) -> dict:
+    """Pipeline / floor throughput from `rounds` rounds of one run each, taken in turn and in
+    alternating order (floor first, then pipeline first, ...), so a machine that speeds up or slows
+    down during the benchmark moves both sides. The ratio pools every run of a side (all its jobs
+    over all its seconds); each round's own ratio shows the spread. With `cpu_probe` (CPU seconds
+    by program), each side also gets its CPU per job by program, this process's as "benchmark"
+    (the floor's own work, or the pipeline's clients), measured under the same conditions."""
+    runs: dict[str, list[tuple[int, float]]] = {"floor": [], "pipeline": []}
+    cpu: dict[str, dict[str, float]] = {"floor": {}, "pipeline": {}}
+    per_round = []
+    for i in range(rounds):
+        order = ("floor", "pipeline") if i % 2 == 0 else ("pipeline", "floor")
+        rates = {}
+        for side in order:
+            before = {**cpu_probe(), "benchmark": time.process_time()} if cpu_probe else None
+            done, seconds = (run_floor if side == "floor" else run_pipeline)()
+            if before is not None:
+                after = {**cpu_probe(), "benchmark": time.process_time()}
+                for name, value in after.items():
+                    cpu[side][name] = cpu[side].get(name, 0.0) + value - before.get(name, 0.0)
+            runs[side].append((done, seconds))
+            rates[side] = done / seconds
+        per_round.append(
+            {
+                "first": order[0],
+                "floor_jobs_per_s": round(rates["floor"], 2),
+                "pipeline_jobs_per_s": round(rates["pipeline"], 2),
+                "ratio": round(rates["pipeline"] / rates["floor"], 3),
+            }
+        )
+        print(f"  round {i + 1} ({order[0]} first): {per_round[-1]}", flush=True)
+    pooled = {side: sum(d for d, _ in r) / sum(t for _, t in r) for side, r in runs.items()}
+    report = {
+        "rounds": per_round,
+        "floor_jobs_per_s": round(pooled["floor"], 2),
+        "pipeline_jobs_per_s": round(pooled["pipeline"], 2),
+        "ratio": round(pooled["pipeline"] / pooled["floor"], 3),
+    }
+    if cpu_probe:
+        report["cpu_ms_per_job"] = {
+            side: {
+                name: round(v * 1e3 / sum(d for d, _ in runs[side]), 1)
+                for name, v in sorted(cpu[side].items())
+            }
+            for side in runs
+        }
+        print(f"  CPU ms per job by program: {report['cpu_ms_per_job']}", flush=True)
+    return report
+
+
 def chart(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -444,7 +541,8 @@ def main() -> None:
 
 def run_all(url: str, model_server: str, database_url: str, photo: bytes, levels, cpu_probe=None) -> dict:
     print(f"floor ({FLOOR_JOBS} jobs, astronaut 512x512) ...", flush=True)
-    floor = measure_floor(Floor(model_server, database_url), photo)
+    floor_work = Floor(model_server, database_url)
+    floor = measure_floor(floor_work, photo)
     print(f"  single thread: {floor['single_thread_ms']}")
     print(f"  jobs/s by threads: {floor['jobs_per_s_by_threads']}")
     print("bare model server (one face) ...", flush=True)
@@ -454,13 +552,30 @@ def run_all(url: str, model_server: str, database_url: str, photo: bytes, levels
     pipe = measure_pipeline(url, photo, levels, cpu_probe)
     single = next(r for r in pipe if r["concurrency"] == min(levels))
     top = next(r for r in pipe if r["concurrency"] == max(levels))
+    threads, upload = floor["best_threads"], job_upload(url, photo)
+    print(
+        f"the ratio: {PAIRED_ROUNDS} rounds of the floor ({threads} threads) and the pipeline "
+        f"(concurrency {top['concurrency']}), {PAIRED_JOBS} jobs each, in turn ...",
+        flush=True,
+    )
+    floor_runs = FloorRuns(floor_work, photo, threads)
+    pipeline_runs = PipelineRuns(url, upload, top["concurrency"])
+    try:
+        paired = paired_ratio(floor_runs, pipeline_runs, cpu_probe=cpu_probe)
+    finally:
+        floor_runs.close()
+        pipeline_runs.close()
     return {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "photo": "skimage astronaut 512x512 JPEG q92",
         "floor": floor,
         "model_server": bare,
         "pipeline": pipe,
-        "throughput_ratio": round(top["jobs_per_s"] / floor["best_jobs_per_s"], 3),
+        "paired": paired,
+        "throughput_ratio": paired["ratio"],
+        # the ratio as first measured (the sweep's best floor against the concurrency level, minutes
+        # apart): kept to compare with the reports from before the paired rounds
+        "sequential_ratio": round(top["jobs_per_s"] / floor["best_jobs_per_s"], 3),
         "overhead_ms": round(single["p50_ms"] - floor["single_thread_ms"]["total"], 1),
     }
 

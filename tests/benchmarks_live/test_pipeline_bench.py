@@ -209,3 +209,53 @@ def test_the_steady_rate_counts_only_while_every_client_is_busy(bench):
     ]
     assert bench.steady_rate(jobs, 2) == 1.0  # 2 jobs in 2 s
     assert bench.steady_rate(jobs[:2], 2) is None  # no job done after every client's first
+
+
+def test_the_ratio_pools_paired_runs_taken_in_alternating_order(bench, capsys):
+    """Three rounds: floor then pipeline, pipeline then floor, floor then pipeline. Each side's
+    rate pools its runs (all jobs over all seconds), so a slow round weighs by its length."""
+    calls = []
+    floor_runs = iter([(240, 15.0), (240, 16.0), (240, 17.0)])
+    pipeline_runs = iter([(240, 20.0), (240, 18.0), (239, 22.0)])
+
+    def run_floor():
+        calls.append("floor")
+        return next(floor_runs)
+
+    def run_pipeline():
+        calls.append("pipeline")
+        return next(pipeline_runs)
+
+    paired = bench.paired_ratio(run_floor, run_pipeline, rounds=3)
+    assert calls == ["floor", "pipeline", "pipeline", "floor", "floor", "pipeline"]
+    assert [r["first"] for r in paired["rounds"]] == ["floor", "pipeline", "floor"]
+    assert [r["ratio"] for r in paired["rounds"]] == [0.75, 0.889, 0.77]
+    assert paired["floor_jobs_per_s"] == 15.0  # 720 jobs in 48 s
+    assert paired["pipeline_jobs_per_s"] == 11.98  # 719 jobs in 60 s
+    assert paired["ratio"] == round((719 / 60) / 15.0, 3)
+
+
+def test_paired_runs_charge_each_sides_cpu_to_its_programs(bench, monkeypatch):
+    """The probe is read around every run: what a program spent during the floor's runs is the
+    floor's, per floor job; the benchmark process's own CPU is reported as "benchmark"."""
+    spent = {"fer-worker": 0.0, "postgres": 0.0}
+    side = {}
+
+    def run_floor():
+        spent["postgres"] += 0.2  # the floor's playlist queries
+        side["now"] = "floor"
+        return 100, 10.0
+
+    def run_pipeline():
+        spent["fer-worker"] += 10.0
+        spent["postgres"] += 0.5
+        side["now"] = "pipeline"
+        return 80, 10.0
+
+    ticks = iter(range(100))
+    monkeypatch.setattr(bench.time, "process_time", lambda: float(next(ticks)))
+    paired = bench.paired_ratio(run_floor, run_pipeline, rounds=2, cpu_probe=lambda: dict(spent))
+    floor, pipeline = paired["cpu_ms_per_job"]["floor"], paired["cpu_ms_per_job"]["pipeline"]
+    assert (floor["fer-worker"], floor["postgres"]) == (0.0, 2.0)  # 0.4 s over 200 jobs
+    assert (pipeline["fer-worker"], pipeline["postgres"]) == (125.0, 6.2)  # 20 s, 1 s over 160
+    assert floor["benchmark"] == 10.0  # one tick (1 s) per run: 2 s over 200 jobs
