@@ -239,6 +239,7 @@ def test_database_round_trips_per_job(fake_model, face_jpeg, monkeypatch, capsys
     from moodtunes_recommender import worker as recommender
 
     job_id = jobs.new_job_id()
+    db.pool().wait()  # its connections made and configured (pgvector's types read) before counting
     with counting(monkeypatch) as submit:
         jobs.create(
             job_id,
