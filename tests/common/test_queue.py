@@ -15,6 +15,12 @@ def test_every_app_uses_the_transport_that_keeps_its_client(database):
         assert isinstance(conn.default_channel, queue.RedisChannel)
 
 
+def test_only_redis_urls_get_the_transport():
+    assert queue.broker_transport_for("redis://127.0.0.1:6379/0") == queue.REDIS_TRANSPORT
+    assert queue.broker_transport_for("rediss://redis.example:6380/0") == queue.REDIS_TRANSPORT
+    assert queue.broker_transport_for("sentinel://redis-a:26379;sentinel://redis-b:26379") is None
+
+
 def test_one_client_serves_every_publish_of_a_channel(database, redis_server, monkeypatch):
     made = []
     init = redis.Redis.__init__

@@ -125,14 +125,20 @@ class RedisTransport(kombu_redis.Transport):
     Channel = RedisChannel
 
 
-REDIS_TRANSPORT = f"{__name__}:RedisTransport"  # broker_transport: redis:// URLs go through it
+REDIS_TRANSPORT = f"{__name__}:RedisTransport"
+
+
+def broker_transport_for(url: str) -> str | None:
+    """RedisTransport for redis:// and rediss:// brokers; any other scheme (sentinel://) keeps the
+    transport kombu picks from the URL."""
+    return REDIS_TRANSPORT if url.split("://", 1)[0] in ("redis", "rediss") else None
 
 
 def make_celery(name: str) -> Celery:
     s = get_settings()
     app = Celery(name, broker=s.redis_url)
     app.conf.update(
-        broker_transport=REDIS_TRANSPORT,
+        broker_transport=broker_transport_for(s.redis_url),
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",
