@@ -143,6 +143,30 @@ class Floor:
         return t
 
 
+class FloorRuns:
+    """Timed floor runs on one pool of `threads` threads, made and warmed once: every run finds
+    each thread's model-server channel and database connection ready."""
+
+    def __init__(self, floor: Floor, photo: bytes, threads: int):
+        self.floor, self.photo = floor, photo
+        self.pool = ThreadPoolExecutor(threads)
+        list(self.pool.map(lambda _: floor.run(photo), range(threads * WARMUP)))
+
+    def __call__(self, jobs: int = PAIRED_JOBS) -> tuple[int, float]:
+        t0 = time.perf_counter()
+        list(self.pool.map(lambda _: self.floor.run(self.photo), range(jobs)))
+        return jobs, time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+    def __enter__(self) -> FloorRuns:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+
 def measure_floor(floor: Floor, photo: bytes) -> dict:
     for _ in range(WARMUP):
         floor.run(photo)
@@ -150,12 +174,8 @@ def measure_floor(floor: Floor, photo: bytes) -> dict:
     single = {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
     threaded = {}
     for n in THREADS:
-        jobs = FLOOR_JOBS * n
-        with ThreadPoolExecutor(n) as pool:
-            list(pool.map(lambda _: floor.run(photo), range(n * WARMUP)))
-            t0 = time.perf_counter()
-            list(pool.map(lambda _: floor.run(photo), range(jobs)))
-            dt = time.perf_counter() - t0
+        with FloorRuns(floor, photo, n) as run:
+            jobs, dt = run(FLOOR_JOBS * n)
         threaded[str(n)] = round(jobs / dt, 2)
     best = max(threaded, key=threaded.get)
     return {
@@ -314,26 +334,53 @@ def steady_rate(jobs: list[dict], clients: int) -> float | None:
     return round(inside / (end - start), 2) if end > start else None
 
 
+class PipelineRuns:
+    """Timed closed-loop runs by the same `clients` clients, each warmed once (its connection and
+    session), as measure_pipeline's are."""
+
+    def __init__(self, url: str, upload, clients: int):
+        self.upload = upload
+        self.clients = [JobClient(url) for _ in range(clients)]
+        for client in self.clients:
+            one_job(client, upload)
+
+    def timed(self, jobs: int) -> tuple[list[dict], float]:
+        """Every job's record (closed_loop's) and the run's seconds."""
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(len(self.clients)) as pool:
+            done = [j for part in pool.map(closed_loop(jobs, self.upload, t0), self.clients) for j in part]
+        return done, time.perf_counter() - t0
+
+    def __call__(self, jobs: int = PAIRED_JOBS) -> tuple[int, float]:
+        done, seconds = self.timed(jobs)
+        return sum(j["ok"] for j in done), seconds
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+    def __enter__(self) -> PipelineRuns:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+
 def measure_pipeline(url: str, photo: bytes, levels, cpu_probe=None) -> list[dict]:
     """`cpu_probe` (optional): a callable giving CPU seconds by program, read before and after
     each level's timed jobs; the benchmark's own CPU (its client threads) is added as "client"."""
     upload = job_upload(url, photo)
     results = []
     for c in levels:
-        clients = [JobClient(url) for _ in range(c)]  # one listener (cookie) per client
         n = max(JOBS_PER_LEVEL, JOBS_PER_CLIENT * c)
-        for cl in clients:  # warm each client's connection and identity
-            one_job(cl, upload)
-        cpu_before = cpu_probe() if cpu_probe else None
-        client_cpu, t0 = time.process_time(), time.perf_counter()
-        with ThreadPoolExecutor(c) as pool:
-            jobs = [j for part in pool.map(closed_loop(n, upload, t0), clients) for j in part]
-        dt, client_cpu = time.perf_counter() - t0, time.process_time() - client_cpu
-        cpu_after = cpu_probe() if cpu_probe else None
+        with PipelineRuns(url, upload, c) as run:  # one listener (cookie) per client
+            cpu_before = cpu_probe() if cpu_probe else None
+            client_cpu = time.process_time()
+            jobs, dt = run.timed(n)
+            client_cpu = time.process_time() - client_cpu
+            cpu_after = cpu_probe() if cpu_probe else None
         if cpu_after is not None:
             cpu_before, cpu_after = {**cpu_before, "client": 0.0}, {**cpu_after, "client": client_cpu}
-        for cl in clients:
-            cl.close()
         ok = [j for j in jobs if j["ok"]]
         ms = [j["ms"] for j in ok]
         stage_keys = sorted({k for j in ok for k in j["stages"]})
@@ -371,45 +418,6 @@ def measure_pipeline(url: str, photo: bytes, levels, cpu_probe=None) -> list[dic
 
 
 # --- the ratio, from paired runs --------------------------------------------------------------------
-
-
-class FloorRuns:
-    """Timed floor runs on one pool of `threads` threads, made and warmed once: every run finds
-    each thread's model-server channel and database connection ready."""
-
-    def __init__(self, floor: Floor, photo: bytes, threads: int):
-        self.floor, self.photo = floor, photo
-        self.pool = ThreadPoolExecutor(threads)
-        list(self.pool.map(lambda _: floor.run(photo), range(threads * WARMUP)))
-
-    def __call__(self, jobs: int = PAIRED_JOBS) -> tuple[int, float]:
-        t0 = time.perf_counter()
-        list(self.pool.map(lambda _: self.floor.run(self.photo), range(jobs)))
-        return jobs, time.perf_counter() - t0
-
-    def close(self) -> None:
-        self.pool.shutdown()
-
-
-class PipelineRuns:
-    """Timed closed-loop runs by the same `clients` clients, each warmed once (its connection and
-    session), as measure_pipeline's are."""
-
-    def __init__(self, url: str, upload, clients: int):
-        self.upload = upload
-        self.clients = [JobClient(url) for _ in range(clients)]
-        for client in self.clients:
-            one_job(client, upload)
-
-    def __call__(self, jobs: int = PAIRED_JOBS) -> tuple[int, float]:
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(len(self.clients)) as pool:
-            done = [j for part in pool.map(closed_loop(jobs, self.upload, t0), self.clients) for j in part]
-        return sum(j["ok"] for j in done), time.perf_counter() - t0
-
-    def close(self) -> None:
-        for client in self.clients:
-            client.close()
 
 
 def paired_ratio(run_floor, run_pipeline, rounds: int = PAIRED_ROUNDS, cpu_probe=None) -> dict:
@@ -451,11 +459,9 @@ def paired_ratio(run_floor, run_pipeline, rounds: int = PAIRED_ROUNDS, cpu_probe
         "ratio": round(pooled["pipeline"] / pooled["floor"], 3),
     }
     if cpu_probe:
+        done = {side: sum(d for d, _ in r) for side, r in runs.items()}
         report["cpu_ms_per_job"] = {
-            side: {
-                name: round(v * 1e3 / sum(d for d, _ in runs[side]), 1)
-                for name, v in sorted(cpu[side].items())
-            }
+            side: {name: round(v * 1e3 / done[side], 1) for name, v in sorted(cpu[side].items())}
             for side in runs
         }
         print(f"  CPU ms per job by program: {report['cpu_ms_per_job']}", flush=True)
@@ -558,13 +564,11 @@ def run_all(url: str, model_server: str, database_url: str, photo: bytes, levels
         f"(concurrency {top['concurrency']}), {PAIRED_JOBS} jobs each, in turn ...",
         flush=True,
     )
-    floor_runs = FloorRuns(floor_work, photo, threads)
-    pipeline_runs = PipelineRuns(url, upload, top["concurrency"])
-    try:
+    with (
+        FloorRuns(floor_work, photo, threads) as floor_runs,
+        PipelineRuns(url, upload, top["concurrency"]) as pipeline_runs,
+    ):
         paired = paired_ratio(floor_runs, pipeline_runs, cpu_probe=cpu_probe)
-    finally:
-        floor_runs.close()
-        pipeline_runs.close()
     return {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "photo": "skimage astronaut 512x512 JPEG q92",
